@@ -1,0 +1,113 @@
+//! [`CallTarget`]: where a generated proxy's calls go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::RpcClient;
+use crate::connection::Connection;
+use crate::error::RpcError;
+use crate::stream::RpcStream;
+
+#[derive(Clone)]
+enum Via {
+    /// Through a client's connection, (re)connecting as needed.
+    Client(RpcClient),
+    /// Through one fixed connection (server-to-client calls).
+    Connection(Connection),
+}
+
+/// Where a proxy's calls go: a client's connection or a fixed connection, optionally routed
+/// to a peer, with an optional timeout. Generated proxies hold one.
+#[derive(Clone)]
+pub struct CallTarget {
+    via: Via,
+    route: Option<Bytes>,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for CallTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTarget")
+            .field(
+                "via",
+                &match &self.via {
+                    Via::Client(_) => "client".to_string(),
+                    Via::Connection(c) => format!("connection {}", c.id()),
+                },
+            )
+            .field("routed", &self.route.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl CallTarget {
+    pub(crate) fn client(client: RpcClient) -> CallTarget {
+        CallTarget {
+            via: Via::Client(client),
+            route: None,
+            timeout: None,
+        }
+    }
+
+    pub(crate) fn connection(conn: Connection) -> CallTarget {
+        CallTarget {
+            via: Via::Connection(conn),
+            route: None,
+            timeout: None,
+        }
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn routed(mut self, route: Bytes) -> CallTarget {
+        self.route = Some(route);
+        self
+    }
+
+    /// The same target with calls timing out after `timeout`.
+    pub fn with_timeout(&self, timeout: Duration) -> CallTarget {
+        CallTarget {
+            timeout: Some(timeout),
+            ..self.clone()
+        }
+    }
+
+    async fn connection_and_timeout(
+        &self,
+    ) -> Result<(Arc<crate::connection::ConnShared>, Duration), RpcError> {
+        let conn = match &self.via {
+            Via::Client(client) => client.connection().await?,
+            Via::Connection(conn) => conn.clone(),
+        };
+        let timeout = self.timeout.unwrap_or(conn.shared.limits.call_timeout);
+        Ok((conn.shared, timeout))
+    }
+
+    /// Calls a unary action. `args` must serialize as an array (a tuple, or [`NoArgs`](crate::NoArgs)).
+    pub async fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        controller: &str,
+        action: &str,
+        args: &A,
+    ) -> Result<R, RpcError> {
+        let (conn, timeout) = self.connection_and_timeout().await?;
+        conn.call(controller, action, args, self.route.as_deref(), timeout)
+            .await
+    }
+
+    /// Calls a streaming action; resolves once the other side accepted the subscription.
+    pub async fn call_stream<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        controller: &str,
+        action: &str,
+        args: &A,
+    ) -> Result<RpcStream<T>, RpcError> {
+        let (conn, timeout) = self.connection_and_timeout().await?;
+        conn.call_stream(controller, action, args, self.route.as_deref(), timeout)
+            .await
+    }
+}

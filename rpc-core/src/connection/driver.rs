@@ -1,0 +1,315 @@
+//! Moves bytes: the handshake, the read loop (bytes in, frames to the connection) and the
+//! writer (the outbox's batches out). This is the only place that awaits I/O.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use super::{ConnShared, Connection, Role};
+use crate::error::RpcError;
+use crate::kernel::RpcKernel;
+use crate::protocol::frame::{self, FrameDecoder, FrameError, Kind};
+use crate::protocol::message::{GoAway, GoAwayCode, Hello, PROTOCOL_VERSION};
+use crate::transport::{Transport, TransportReader, TransportWriter};
+
+/// Reads until one whole frame is buffered, within `deadline`.
+async fn read_first_frame<R: TransportReader>(
+    reader: &mut R,
+    decoder: &mut FrameDecoder,
+    deadline: Duration,
+) -> Result<frame::Frame, RpcError> {
+    let read = async {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(RpcError::protocol(format!("handshake: {e}"))),
+            }
+            decoder.reserve_for_read();
+            match reader.read(decoder.buffer()).await {
+                Ok(0) => {
+                    return Err(RpcError::disconnected(
+                        "the remote closed during the handshake",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(RpcError::disconnected(format!("handshake: {e}"))),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        RpcError::disconnected(format!(
+            "the handshake did not complete within {deadline:?} (Limits::handshake_timeout)"
+        ))
+    })?
+}
+
+fn hello_bytes(connection_id: u64, max_calls: usize) -> bytes::Bytes {
+    let mut out = BytesMut::new();
+    let start = frame::begin_frame(&mut out, Kind::Hello, 0, None);
+    Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        connection_id,
+        max_calls: max_calls.min(u32::MAX as usize) as u32,
+    }
+    .encode(&mut out);
+    frame::finish_frame(&mut out, start);
+    out.freeze()
+}
+
+fn goaway_bytes(code: GoAwayCode, reason: &str) -> bytes::Bytes {
+    let mut out = BytesMut::new();
+    let start = frame::begin_frame(&mut out, Kind::GoAway, 0, None);
+    GoAway {
+        code,
+        reason: reason.into(),
+    }
+    .encode(&mut out);
+    frame::finish_frame(&mut out, start);
+    out.freeze()
+}
+
+fn check_hello(frame: &frame::Frame) -> Result<Hello, (GoAwayCode, String)> {
+    if frame.kind == Kind::GoAway {
+        let reason = GoAway::decode(&frame.body)
+            .map(|g| g.reason)
+            .unwrap_or_default();
+        return Err((
+            GoAwayCode::Normal,
+            format!("the remote refused the connection: {reason}"),
+        ));
+    }
+    if frame.kind != Kind::Hello {
+        return Err((
+            GoAwayCode::ProtocolError,
+            format!("expected Hello, got {:?}", frame.kind),
+        ));
+    }
+    let hello = Hello::decode(&frame.body)
+        .map_err(|e| (GoAwayCode::ProtocolError, format!("malformed Hello: {e}")))?;
+    hello.negotiate().ok_or_else(|| {
+        (
+            GoAwayCode::UnsupportedVersion,
+            format!(
+                "no common protocol version: the remote speaks {}..={}, this side {PROTOCOL_VERSION}",
+                hello.min_version, hello.max_version
+            ),
+        )
+    })?;
+    Ok(hello)
+}
+
+/// Opens a connection over `transport` as the dialing side; `kernel` serves the calls the
+/// remote makes back (back-controllers).
+pub(crate) async fn dial<T: Transport>(
+    transport: T,
+    kernel: RpcKernel,
+) -> Result<Connection, RpcError> {
+    let limits = kernel.limits();
+    let info = transport.info();
+    let (mut reader, mut writer) = transport.split();
+    writer
+        .write(hello_bytes(0, limits.max_calls_in_flight))
+        .await?;
+    let mut decoder = FrameDecoder::new(limits.frame_limit());
+    decoder.set_reservation(limits.read_reservation);
+    let first = read_first_frame(&mut reader, &mut decoder, limits.handshake_timeout).await?;
+    let hello = check_hello(&first).map_err(|(_, reason)| RpcError::disconnected(reason))?;
+    let shared = ConnShared::new(
+        hello.connection_id,
+        Role::Dialer,
+        info,
+        kernel,
+        limits,
+        hello.max_calls,
+    );
+    start_loops(&shared, reader, writer, decoder);
+    Ok(Connection { shared })
+}
+
+/// Runs a connection over `transport` as the accepting side until it closes.
+pub(crate) async fn accept<T: Transport>(
+    transport: T,
+    kernel: RpcKernel,
+) -> Result<Connection, RpcError> {
+    let limits = kernel.limits();
+    let info = transport.info();
+    let (mut reader, mut writer) = transport.split();
+    let mut decoder = FrameDecoder::new(limits.max_preauth_frame_size.min(limits.frame_limit()));
+    decoder.set_reservation(limits.read_reservation);
+    let first = read_first_frame(&mut reader, &mut decoder, limits.handshake_timeout).await?;
+    let hello = match check_hello(&first) {
+        Ok(hello) => hello,
+        Err((code, reason)) => {
+            let _ = writer.write(goaway_bytes(code, &reason)).await;
+            let _ = writer.close().await;
+            return Err(RpcError::protocol(reason));
+        }
+    };
+    let id = kernel.next_connection_id();
+    writer
+        .write(hello_bytes(id, limits.max_calls_in_flight))
+        .await?;
+    decoder.set_limit(limits.frame_limit());
+    let shared = ConnShared::new(
+        id,
+        Role::Acceptor,
+        info,
+        kernel.clone(),
+        limits,
+        hello.max_calls,
+    );
+    let connection = Connection {
+        shared: shared.clone(),
+    };
+    kernel.connection_opened(&connection);
+    start_loops(&shared, reader, writer, decoder);
+    Ok(connection)
+}
+
+fn start_loops<R: TransportReader, W: TransportWriter>(
+    shared: &Arc<ConnShared>,
+    reader: R,
+    writer: W,
+    decoder: FrameDecoder,
+) {
+    tokio::spawn(write_loop(shared.clone(), writer));
+    tokio::spawn(read_loop(shared.clone(), reader, decoder));
+}
+
+/// The connection's single writer: takes everything queued and writes it in one go.
+async fn write_loop<W: TransportWriter>(shared: Arc<ConnShared>, mut writer: W) {
+    let write_timeout = shared.limits.write_timeout;
+    while let Some((batch, frames)) = shared.outbox.take().await {
+        let len = batch.len();
+        match tokio::time::timeout(write_timeout, writer.write(batch)).await {
+            Ok(Ok(())) => shared.kernel.stats_sent(frames, len as u64),
+            Ok(Err(e)) => {
+                shared.outbox.abort();
+                shared.close(RpcError::disconnected(format!("write failed: {e}")), None);
+                break;
+            }
+            Err(_) => {
+                shared.outbox.abort();
+                shared.close(
+                    RpcError::disconnected(format!(
+                        "a write blocked for {write_timeout:?}: the remote is not reading (Limits::write_timeout)"
+                    )),
+                    None,
+                );
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+}
+
+/// The read loop: bytes in, frames to [`ConnShared::handle_frame`], plus the connection's
+/// timers (keepalive and frame completion), computed lazily from timestamps.
+async fn read_loop<R: TransportReader>(
+    shared: Arc<ConnShared>,
+    mut reader: R,
+    mut decoder: FrameDecoder,
+) {
+    let limits = shared.limits.clone();
+    let mut closed = std::pin::pin!(shared.closed());
+    let mut last_read = Instant::now();
+    let mut frame_started: Option<Instant> = None;
+    let mut pings_unanswered = 0u32;
+    let mut next_check = last_read + limits.keepalive_interval.min(limits.frame_timeout);
+    let timer = tokio::time::sleep_until(next_check);
+    tokio::pin!(timer);
+
+    // Frames that arrived with the handshake.
+    if !drain_frames(&shared, &mut decoder) {
+        return;
+    }
+    loop {
+        decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));
+        decoder.reserve_for_read();
+        tokio::select! {
+            biased;
+            _ = &mut closed => break,
+            read = reader.read(decoder.buffer()) => match read {
+                Ok(0) => {
+                    let reason = if decoder.in_frame() { "the remote closed in the middle of a frame" } else { "the remote closed the connection" };
+                    shared.close(RpcError::disconnected(reason), None);
+                    break;
+                }
+                Ok(n) => {
+                    shared.kernel.stats_received(n as u64);
+                    last_read = Instant::now();
+                    pings_unanswered = 0;
+                    if !drain_frames(&shared, &mut decoder) {
+                        break;
+                    }
+                    frame_started = match (decoder.in_frame(), frame_started) {
+                        (true, None) => Some(last_read),
+                        (true, started) => started,
+                        (false, _) => None,
+                    };
+                }
+                Err(e) => {
+                    shared.close(RpcError::disconnected(format!("read failed: {e}")), None);
+                    break;
+                }
+            },
+            _ = &mut timer => {
+                let now = Instant::now();
+                if let Some(started) = frame_started && now >= started + limits.frame_timeout {
+                    shared.close_with_goaway(GoAwayCode::FrameTimeout, "a frame did not complete in time (Limits::frame_timeout)");
+                    break;
+                }
+                if now >= last_read + limits.keepalive_interval * (pings_unanswered + 1) {
+                    if pings_unanswered >= limits.keepalive_misses {
+                        shared.close(RpcError::disconnected(format!(
+                            "the remote did not answer {pings_unanswered} pings (Limits::keepalive_interval)"
+                        )), Some(GoAway { code: GoAwayCode::KeepaliveTimeout, reason: "keepalive timeout".into() }));
+                        break;
+                    }
+                    pings_unanswered += 1;
+                    let _ = shared.outbox.push(Kind::Ping, pings_unanswered, None, |_| Ok(()));
+                }
+                let keepalive_due = last_read + limits.keepalive_interval * (pings_unanswered + 1);
+                next_check = match frame_started {
+                    Some(started) => keepalive_due.min(started + limits.frame_timeout),
+                    None => keepalive_due,
+                };
+                timer.as_mut().reset(next_check);
+            }
+        }
+        if let Some(started) = frame_started
+            && started + limits.frame_timeout < next_check
+        {
+            next_check = started + limits.frame_timeout;
+            timer.as_mut().reset(next_check);
+        }
+    }
+}
+
+/// Hands every whole buffered frame to the connection; false once the connection must close.
+fn drain_frames(shared: &Arc<ConnShared>, decoder: &mut FrameDecoder) -> bool {
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
+                shared.handle_frame(frame);
+                if shared.is_closed() {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e @ FrameError::TooLarge { .. }) => {
+                shared.close_with_goaway(GoAwayCode::TooLarge, &e.to_string());
+                return false;
+            }
+            Err(e) => {
+                shared.close_with_goaway(GoAwayCode::ProtocolError, &e.to_string());
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Calls the remote started: dispatch to the kernel, concurrency slots, cancellation,
+//! deadlines, and authentication requests.
+//!
+//! Each call runs in its own task, so a slow call never delays another. A call's slot is held
+//! by a guard inside that task and is released only when the handler's future has really
+//! been dropped, whether it finished, panicked, timed out or was cancelled (the HTTP/2
+//! rapid-reset lesson: a cancel never frees a slot early).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+
+use super::ConnShared;
+use crate::error::{ErrorKind, RpcError};
+use crate::kernel::context::Context;
+use crate::kernel::responder::{Responder, correlation_id};
+use crate::kernel::security::{ControllerAccess, Token};
+use crate::protocol::codec;
+use crate::protocol::frame::{Frame, Kind};
+use crate::protocol::message::{self, CallHead, GoAwayCode};
+
+/// A call the remote has running on this side.
+pub(crate) struct Inbound {
+    abort: Option<AbortHandle>,
+    /// Credit for the result stream, if the action streams.
+    credit: Option<Arc<Semaphore>>,
+}
+
+impl Inbound {
+    pub(crate) fn abort(self) {
+        if let Some(handle) = self.abort {
+            handle.abort();
+        }
+    }
+}
+
+/// Releases the call's slot when the task's future is dropped, however it ends.
+struct SlotGuard {
+    conn: Arc<ConnShared>,
+    id: u32,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.conn.inbound.lock().remove(&self.id);
+        self.conn.kernel.stats_call_ended();
+    }
+}
+
+/// Handles a Call frame: checks it, reserves a slot and spawns the handler's task.
+pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
+    let id = frame.id;
+    if id == 0 || conn.is_local_id(id) {
+        return conn.protocol_error(id, "Call with an id from this side's id space");
+    }
+    if conn.refusing.load(std::sync::atomic::Ordering::Acquire) {
+        return conn.send_error(
+            id,
+            &RpcError::disconnected("the server is shutting down; retry on a new connection"),
+        );
+    }
+    if frame.route.is_some() {
+        return conn.send_error(
+            id,
+            &RpcError::new(
+                ErrorKind::PeerNotFound,
+                "this server does not route peer calls",
+            ),
+        );
+    }
+    let depth = conn.limits.depth_limit();
+    let head = match CallHead::decode(&frame.body, depth) {
+        Ok(head) => head,
+        Err(e) => {
+            return conn.send_error(
+                id,
+                &RpcError::bad_arguments(format!("the call did not decode: {e}")),
+            );
+        }
+    };
+    let resolved = match conn.kernel.resolve(conn, head.controller, head.action) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            tracing::debug!(
+                connection = conn.id,
+                controller = head.controller,
+                action = head.action,
+                "{e}"
+            );
+            return conn.send_error(id, &e);
+        }
+    };
+    // The argument bytes stay in the receive buffer they arrived in: no copy.
+    let args_start = head.args.as_ptr() as usize - frame.body.as_ptr() as usize;
+    let args = frame.body.slice(args_start..args_start + head.args.len());
+    let deadline = head
+        .timeout_ms
+        .map(|ms| Duration::from_millis(ms).min(conn.limits.max_call_timeout));
+    let credit = resolved.action.kind.streams_out().then(|| {
+        let window = if head.window == 0 {
+            conn.limits.stream_window
+        } else {
+            head.window
+        };
+        Arc::new(Semaphore::new(
+            window.min(Semaphore::MAX_PERMITS as u32) as usize
+        ))
+    });
+
+    let mut table = conn.inbound.lock();
+    if table.contains_key(&id) {
+        drop(table);
+        return conn.protocol_error(id, "Call reuses the id of a call still running");
+    }
+    if table.len() >= conn.limits.max_calls_in_flight {
+        let running = table.len();
+        drop(table);
+        return conn.send_error(
+            id,
+            &RpcError::busy(format!(
+                "{running} calls are already running on this connection (Limits::max_calls_in_flight); retry later"
+            )),
+        );
+    }
+    conn.kernel.stats_call_started();
+    let guard = SlotGuard {
+        conn: conn.clone(),
+        id,
+    };
+    let ctx = Context {
+        connection: crate::Connection {
+            shared: conn.clone(),
+        },
+        session: conn.session.read().clone(),
+        controller: resolved.controller_name,
+        action: resolved.action,
+        call_id: id,
+        source: None,
+    };
+    let responder = Responder {
+        conn: conn.clone(),
+        id,
+        ctx,
+        credit: credit.clone(),
+    };
+    let task = tokio::spawn(run_call(
+        guard,
+        resolved.controller,
+        resolved.index,
+        args,
+        responder,
+        deadline,
+    ));
+    table.insert(
+        id,
+        Inbound {
+            abort: Some(task.abort_handle()),
+            credit,
+        },
+    );
+}
+
+/// The body of a call's task.
+async fn run_call(
+    guard: SlotGuard,
+    controller: Arc<dyn crate::Controller>,
+    index: usize,
+    args: bytes::Bytes,
+    responder: Responder,
+    deadline: Option<Duration>,
+) {
+    let conn = guard.conn.clone();
+    let id = guard.id;
+    let started = Instant::now();
+    let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
+
+    if let Some(security) = conn.kernel.security() {
+        let access = ControllerAccess::new(controller_name, action);
+        let session = responder.ctx.session.clone();
+        if !security.has_controller_access(&session, &access).await {
+            tracing::debug!(
+                connection = conn.id,
+                controller = controller_name,
+                action = action.name,
+                "access denied"
+            );
+            let error = if security.hide_forbidden_actions() {
+                RpcError::not_found(format!(
+                    "no action `{}` on controller `{controller_name}`",
+                    action.name
+                ))
+            } else {
+                RpcError::access_denied(format!(
+                    "`{controller_name}.{}` is not allowed for this session",
+                    action.name
+                ))
+            };
+            conn.answer_error(id, &conn.kernel.present_error(error));
+            return;
+        }
+    }
+
+    // Decoding the arguments runs user Deserialize impls: a panic there is caught too.
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        controller.call(index, &args, responder)
+    })) {
+        Ok(Ok(future)) => future,
+        Ok(Err(error)) => {
+            tracing::debug!(connection = conn.id, controller = controller_name, action = action.name, %error, "call rejected");
+            conn.answer_error(id, &conn.kernel.present_error(error));
+            return;
+        }
+        Err(panic) => return report_panic(&conn, id, controller_name, action.name, panic),
+    };
+    drop(args);
+    let outcome = match deadline {
+        Some(d) => match tokio::time::timeout(d, AssertUnwindSafe(future).catch_unwind()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let error = RpcError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "`{controller_name}.{}` did not finish within the caller's deadline of {d:?}",
+                        action.name
+                    ),
+                );
+                conn.answer_error(id, &error);
+                return;
+            }
+        },
+        None => AssertUnwindSafe(future).catch_unwind().await,
+    };
+    match outcome {
+        Ok(_replied) => {
+            tracing::trace!(connection = conn.id, controller = controller_name, action = action.name, elapsed = ?started.elapsed(), "call done");
+        }
+        Err(panic) => report_panic(&conn, id, controller_name, action.name, panic),
+    }
+    drop(guard);
+}
+
+fn report_panic(
+    conn: &Arc<ConnShared>,
+    id: u32,
+    controller: &str,
+    action: &str,
+    panic: Box<dyn std::any::Any + Send>,
+) {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into());
+    let correlation = correlation_id();
+    tracing::error!(correlation_id = %correlation, connection = conn.id, controller, action, "handler panicked: {detail}");
+    let error =
+        RpcError::internal("the server failed to handle the call").with_correlation_id(correlation);
+    conn.answer_error(id, &conn.kernel.present_error(error));
+}
+
+/// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped.
+pub(crate) fn cancel(conn: &Arc<ConnShared>, id: u32) {
+    let table = conn.inbound.lock();
+    if let Some(call) = table.get(&id)
+        && let Some(handle) = &call.abort
+    {
+        handle.abort();
+    }
+}
+
+/// Handles a Credit for a result stream this side produces.
+pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
+    let n = match message::decode_uint(&frame.body) {
+        Ok(n) => n.min(1 << 20) as usize,
+        Err(_) => return conn.protocol_error(frame.id, "malformed Credit"),
+    };
+    let table = conn.inbound.lock();
+    if let Some(Inbound {
+        credit: Some(credit),
+        ..
+    }) = table.get(&frame.id)
+        && credit.available_permits() + n <= Semaphore::MAX_PERMITS
+    {
+        credit.add_permits(n);
+    }
+}
+
+/// Handles an Auth frame: runs the policy, replaces the session whole, or closes.
+pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
+    let id = frame.id;
+    if conn.role != super::Role::Acceptor || conn.is_local_id(id) {
+        return conn.protocol_error(id, "Auth sent to the dialing side");
+    }
+    if codec::prescan(&frame.body, conn.limits.depth_limit()).is_err() || frame.body.len() > 8 << 10
+    {
+        return conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");
+    }
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let token = Token::from_raw(frame.body);
+        let security = conn.kernel.security_or_default();
+        let started = Instant::now();
+        let result = security.authenticate(&token).await;
+        match result {
+            Ok(session) => {
+                let name = session.username().to_string();
+                *conn.session.write() = Arc::new(session);
+                tracing::debug!(connection = conn.id, user = %name, elapsed = ?started.elapsed(), "authenticated");
+                let _ = conn.outbox.push(Kind::Reply, id, None, |buf| {
+                    codec::encode_into(buf, &(name,))
+                });
+            }
+            Err(e) => {
+                tracing::info!(connection = conn.id, reason = %e, "authentication failed");
+                // The same message whatever the cause: no oracle for guessing tokens.
+                conn.send_error(id, &RpcError::unauthenticated("authentication failed"));
+                conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");
+            }
+        }
+    });
+}

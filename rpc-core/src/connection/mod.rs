@@ -1,0 +1,440 @@
+//! One connection, symmetric: either end may call and either may serve.
+//!
+//! - [`outbox`]: the single coalescing write queue.
+//! - [`calls`]: calls this side started (ids, pending table, cancellation, timeouts).
+//! - [`inbound`]: calls the remote started (dispatch to the kernel, slots, cancellation).
+//! - [`driver`]: the handshake and the read and write loops that move bytes.
+//!
+//! Call ids: the side that dialed allocates odd ids, the side that accepted even ids, so both
+//! can start calls at once without colliding (`PROTOCOL.md`, "Call ids").
+
+pub(crate) mod calls;
+pub(crate) mod driver;
+pub(crate) mod inbound;
+pub(crate) mod outbox;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Semaphore, watch};
+
+use crate::client::CallTarget;
+use crate::error::{ErrorKind, RpcError};
+use crate::kernel::RpcKernel;
+use crate::kernel::controller::{Controller, ControllerClient};
+use crate::kernel::security::Session;
+use crate::limits::Limits;
+use crate::protocol::frame::{Frame, Kind};
+use crate::protocol::message::{self, GoAway, GoAwayCode};
+use crate::transport::TransportInfo;
+
+use calls::Pending;
+use inbound::Inbound;
+use outbox::Outbox;
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Dialed out: allocates odd call ids.
+    Dialer,
+    /// Accepted: allocates even call ids.
+    Acceptor,
+}
+
+/// State shared by a connection's handle, its read loop, its writer and its handlers.
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    pub(crate) role: Role,
+    pub(crate) info: TransportInfo,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) kernel: RpcKernel,
+    pub(crate) outbox: Outbox,
+    next_id: AtomicU32,
+    pub(crate) outbound: Mutex<HashMap<u32, Pending>>,
+    pub(crate) inbound: Mutex<HashMap<u32, Inbound>>,
+    pub(crate) session: RwLock<Arc<Session>>,
+    /// The frame limit the read loop enforces (raised once authenticated).
+    pub(crate) frame_limit: AtomicUsize,
+    closed: AtomicBool,
+    /// Set by a GoAway(ShuttingDown): no new calls go out on this connection.
+    draining: AtomicBool,
+    /// Set while shutting down: new calls from the remote are refused.
+    pub(crate) refusing: AtomicBool,
+    close_reason: Mutex<Option<RpcError>>,
+    closed_tx: watch::Sender<bool>,
+    /// Per-connection controller instances (`RpcKernel::register_with`).
+    pub(crate) local_controllers: Mutex<HashMap<&'static str, Arc<dyn Controller>>>,
+    errors: Mutex<(Instant, u32)>,
+    /// Which generation of the client's token this connection authenticated with.
+    pub(crate) auth_generation: AtomicU32,
+    /// Calls the remote accepts at once (from its Hello): calls beyond wait here for a slot
+    /// rather than be refused with `Busy`.
+    pub(crate) call_slots: Arc<Semaphore>,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        id: u64,
+        role: Role,
+        info: TransportInfo,
+        kernel: RpcKernel,
+        limits: Arc<Limits>,
+        remote_max_calls: u32,
+    ) -> Arc<ConnShared> {
+        let (closed_tx, _) = watch::channel(false);
+        Arc::new(ConnShared {
+            id,
+            role,
+            info,
+            outbox: Outbox::new(limits.max_outbound_queue, limits.frame_limit()),
+            frame_limit: AtomicUsize::new(limits.frame_limit()),
+            limits,
+            kernel,
+            next_id: AtomicU32::new(if role == Role::Dialer { 1 } else { 2 }),
+            outbound: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
+            session: RwLock::new(Arc::new(Session::anonymous())),
+            closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+            closed_tx,
+            local_controllers: Mutex::new(HashMap::new()),
+            errors: Mutex::new((Instant::now(), 0)),
+            auth_generation: AtomicU32::new(0),
+            call_slots: Arc::new(Semaphore::new(
+                (remote_max_calls.max(1) as usize).min(Semaphore::MAX_PERMITS),
+            )),
+        })
+    }
+
+    /// Whether `id` belongs to a call this side started.
+    pub(crate) fn is_local_id(&self, id: u32) -> bool {
+        let odd = id % 2 == 1;
+        match self.role {
+            Role::Dialer => odd,
+            Role::Acceptor => !odd,
+        }
+    }
+
+    /// A fresh call id. Ids are never reused; past 2^31 the connection must be replaced.
+    pub(crate) fn alloc_id(&self) -> Result<u32, RpcError> {
+        let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+        if id >= 1 << 31 {
+            self.draining.store(true, Ordering::Relaxed);
+            return Err(RpcError::disconnected(
+                "the connection's call ids are used up; the next call reconnects",
+            ));
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether new calls may start on this connection.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.is_closed() && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The error calls see once the connection is gone.
+    pub(crate) fn disconnect_error(&self) -> RpcError {
+        match &*self.close_reason.lock() {
+            Some(e) if e.kind() == ErrorKind::Disconnected => e.clone(),
+            Some(e) => RpcError::disconnected(format!("the connection closed: {e}")),
+            None => RpcError::disconnected("the connection closed"),
+        }
+    }
+
+    /// Waits until the connection is closed.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed_tx.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// Closes the connection: fails every pending call with `Disconnected` at once, drops
+    /// every running handler, sends `goaway` if given, and lets the writer flush and stop.
+    pub(crate) fn close(&self, reason: RpcError, goaway: Option<GoAway>) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(connection = self.id, %reason, "connection closing");
+        *self.close_reason.lock() = Some(reason);
+        if let Some(goaway) = goaway {
+            let _ = self.outbox.push(Kind::GoAway, 0, None, |buf| {
+                goaway.encode(buf);
+                Ok(())
+            });
+        }
+        self.outbox.close();
+        self.call_slots.close();
+        self.closed_tx.send_replace(true);
+        // Dropping the senders wakes every waiting call with the close reason.
+        let pending = std::mem::take(&mut *self.outbound.lock());
+        drop(pending);
+        let running = std::mem::take(&mut *self.inbound.lock());
+        for (_, call) in running {
+            call.abort();
+        }
+        self.local_controllers.lock().clear();
+        self.kernel.connection_closed(self.id);
+    }
+
+    /// Sends an Error frame for call `id`.
+    pub(crate) fn send_error(&self, id: u32, error: &RpcError) {
+        let _ = self.outbox.push(Kind::Error, id, None, |buf| {
+            message::encode_error(buf, error);
+            Ok(())
+        });
+    }
+
+    /// Ends call `id` of the remote with `error`, releasing its slot first so that the
+    /// remote may start its next call as soon as it reads the answer.
+    pub(crate) fn answer_error(&self, id: u32, error: &RpcError) {
+        self.inbound.lock().remove(&id);
+        self.send_error(id, error);
+    }
+
+    /// Releases the slot of the remote's call `id` (its final answer is about to be queued).
+    pub(crate) fn release_inbound(&self, id: u32) {
+        self.inbound.lock().remove(&id);
+    }
+
+    /// Grants the producer of call `id` `n` more items.
+    pub(crate) fn send_credit(&self, id: u32, n: u32) {
+        let _ = self.outbox.push(Kind::Credit, id, None, |buf| {
+            message::encode_uint(buf, n as u64);
+            Ok(())
+        });
+    }
+
+    /// Reacts to a failed push: a queue overflow means the remote stopped reading.
+    pub(crate) fn on_push_error(&self, error: &RpcError) {
+        if self.outbox.queued() > self.limits.max_outbound_queue {
+            self.outbox.abort();
+            self.close(
+                error.clone(),
+                None, // the queue is full: a GoAway could not be delivered either
+            );
+        }
+    }
+
+    /// Counts a protocol violation; past the budget the connection is closed.
+    pub(crate) fn protocol_error(&self, id: u32, what: &str) {
+        tracing::warn!(connection = self.id, call = id, "protocol error: {what}");
+        if id != 0 {
+            self.send_error(id, &RpcError::protocol(what.to_string()));
+        }
+        let over = {
+            let mut errors = self.errors.lock();
+            if errors.0.elapsed().as_secs() >= 60 {
+                *errors = (Instant::now(), 0);
+            }
+            errors.1 += 1;
+            errors.1 > self.limits.max_protocol_errors
+        };
+        if over {
+            self.close_with_goaway(GoAwayCode::TooManyErrors, "too many protocol errors");
+        }
+    }
+
+    /// Closes with a GoAway carrying `code` and `reason`.
+    pub(crate) fn close_with_goaway(&self, code: GoAwayCode, reason: &str) {
+        let error = match code {
+            GoAwayCode::TooLarge => RpcError::too_large(reason.to_string()),
+            GoAwayCode::Unauthenticated => RpcError::unauthenticated(reason.to_string()),
+            GoAwayCode::Normal | GoAwayCode::ShuttingDown => {
+                RpcError::disconnected(reason.to_string())
+            }
+            _ => RpcError::protocol(reason.to_string()),
+        };
+        self.close(
+            error,
+            Some(GoAway {
+                code,
+                reason: reason.to_string(),
+            }),
+        );
+    }
+
+    /// Handles one received frame. Never awaits: work that waits runs in its own task.
+    pub(crate) fn handle_frame(self: &Arc<Self>, frame: Frame) {
+        match frame.kind {
+            Kind::Call => inbound::start_call(self, frame),
+            Kind::Cancel => {
+                if self.is_local_id(frame.id) {
+                    self.protocol_error(frame.id, "Cancel for a call this side started");
+                } else {
+                    inbound::cancel(self, frame.id);
+                }
+            }
+            Kind::Reply | Kind::Error | Kind::StreamOpen | Kind::Item | Kind::End => {
+                if self.is_local_id(frame.id) {
+                    calls::on_response(self, frame);
+                } else {
+                    self.protocol_error(frame.id, "response frame for a call the remote started");
+                }
+            }
+            Kind::Credit => {
+                if self.is_local_id(frame.id) {
+                    // Credit for a client stream we produce: not used by this revision.
+                } else {
+                    inbound::credit(self, frame);
+                }
+            }
+            Kind::Ping => {
+                let _ = self.outbox.push(Kind::Pong, frame.id, None, |_| Ok(()));
+            }
+            Kind::Pong => {}
+            Kind::GoAway => {
+                let goaway = GoAway::decode(&frame.body).unwrap_or(GoAway {
+                    code: GoAwayCode::ProtocolError,
+                    reason: "malformed GoAway".into(),
+                });
+                if goaway.code == GoAwayCode::ShuttingDown {
+                    // Calls in flight finish; new calls go elsewhere.
+                    self.draining.store(true, Ordering::Relaxed);
+                } else {
+                    self.close(
+                        RpcError::disconnected(format!(
+                            "the remote closed the connection: {}",
+                            goaway.reason
+                        )),
+                        None,
+                    );
+                }
+            }
+            Kind::Auth => inbound::authenticate(self, frame),
+            Kind::Hello => self.protocol_error(0, "Hello after the handshake"),
+            Kind::Chunk | Kind::ChunkCredit | Kind::PeerRegister | Kind::PeerUnregister => {
+                self.protocol_error(frame.id, "this server does not support that message yet")
+            }
+        }
+    }
+}
+
+/// A live connection, seen from either end. Cheap to clone; calls through a closed one fail
+/// at once with `Disconnected`.
+///
+/// On the server, [`Context::connection`](crate::Context::connection) gives the caller's
+/// connection, which can call controllers the client registered (back-controllers):
+///
+/// ```
+/// use rpc_core::{controller, Context, RpcError};
+///
+/// #[controller("ui")]
+/// pub trait Ui {
+///     async fn progress(&self, percent: u8);
+/// }
+///
+/// #[controller("jobs")]
+/// pub trait Jobs {
+///     async fn run(&self, ctx: &Context) -> Result<(), RpcError>;
+/// }
+///
+/// struct JobsImpl;
+/// impl Jobs for JobsImpl {
+///     async fn run(&self, ctx: &Context) -> Result<(), RpcError> {
+///         let ui = ctx.connection().controller::<UiClient>();
+///         ui.progress(50).await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+impl Connection {
+    /// The connection's id (unique within its kernel's process).
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The remote address, for network transports.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.info.remote_addr
+    }
+
+    /// Facts about the transport (kind, remote address, TLS client identity).
+    pub fn transport(&self) -> &TransportInfo {
+        &self.shared.info
+    }
+
+    /// The session of the remote side (anonymous until it authenticated).
+    pub fn session(&self) -> Arc<Session> {
+        self.shared.session.read().clone()
+    }
+
+    /// A typed proxy calling the controller `C` that the remote side offers.
+    pub fn controller<C: ControllerClient>(&self) -> C {
+        C::from_target(CallTarget::connection(self.clone()))
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Closes the connection; calls in flight on it fail with `Disconnected`.
+    pub fn close(&self) {
+        self.shared
+            .close_with_goaway(GoAwayCode::Normal, "closed by the application");
+    }
+
+    /// Waits until the connection is closed.
+    pub async fn closed(&self) {
+        self.shared.closed().await
+    }
+
+    /// Stops taking new calls, tells the remote (GoAway `ShuttingDown`), lets the calls
+    /// running here finish for up to `deadline`, then closes. Used by servers' graceful
+    /// shutdown.
+    pub async fn shutdown(&self, deadline: std::time::Duration) {
+        let shared = &self.shared;
+        if !shared.is_closed() {
+            shared.refusing.store(true, Ordering::Release);
+            let _ = shared.outbox.push(Kind::GoAway, 0, None, |buf| {
+                GoAway {
+                    code: GoAwayCode::ShuttingDown,
+                    reason: "the server is shutting down".into(),
+                }
+                .encode(buf);
+                Ok(())
+            });
+            let until = tokio::time::Instant::now() + deadline;
+            while !shared.is_closed()
+                && !shared.inbound.lock().is_empty()
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        shared.close_with_goaway(GoAwayCode::ShuttingDown, "the server shut down");
+    }
+
+    /// Calls this side has outstanding and calls the remote has running here.
+    pub fn calls_in_flight(&self) -> (usize, usize) {
+        (
+            self.shared.outbound.lock().len(),
+            self.shared.inbound.lock().len(),
+        )
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("transport", &self.shared.info.kind)
+            .field("remote_addr", &self.shared.info.remote_addr)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

@@ -1,0 +1,216 @@
+//! The write queue of one connection: every task encodes its frames straight into one shared
+//! buffer, and the connection's single writer takes the whole buffer at once. Many frames
+//! queued while a write was in progress leave in one syscall, and encoding allocates nothing
+//! per message (the buffer's capacity is reused once the previous write has completed).
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::error::RpcError;
+use crate::protocol::frame::{self, Kind};
+
+struct State {
+    buf: BytesMut,
+    closed: bool,
+    /// Frames queued since the writer last took the buffer.
+    frames: u64,
+}
+
+/// Bounded by bytes: a connection whose queue passes `max_bytes` is closed as a slow
+/// consumer by its owner (see [`Outbox::push`]).
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    max_bytes: usize,
+    max_frame: usize,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug)]
+pub(crate) enum PushError {
+    /// The connection is closed.
+    Closed,
+    /// The frame exceeds the frame limit (the call fails; the connection stays).
+    TooLarge(usize),
+    /// The body could not be encoded.
+    Encode(RpcError),
+    /// The queue passed its bound: the remote is not reading.
+    Overflow,
+}
+
+impl PushError {
+    pub(crate) fn into_rpc_error(self, max_frame: usize) -> RpcError {
+        match self {
+            PushError::Closed => RpcError::disconnected("the connection is closed"),
+            PushError::TooLarge(n) => RpcError::too_large(format!(
+                "message of {n} bytes exceeds the frame limit of {max_frame} bytes (Limits::max_frame_size)"
+            )),
+            PushError::Encode(e) => e,
+            PushError::Overflow => RpcError::disconnected(
+                "the remote side is not reading: its queue passed Limits::max_outbound_queue",
+            ),
+        }
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(max_bytes: usize, max_frame: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State {
+                buf: BytesMut::with_capacity(8 << 10),
+                closed: false,
+                frames: 0,
+            }),
+            ready: Notify::new(),
+            max_bytes,
+            max_frame,
+        }
+    }
+
+    /// Queues one frame whose body `body` writes; the length prefix is patched afterwards.
+    ///
+    /// The lock is held only while encoding (never across an await).
+    pub(crate) fn push(
+        &self,
+        kind: Kind,
+        id: u32,
+        route: Option<&[u8]>,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), RpcError>,
+    ) -> Result<(), PushError> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(PushError::Closed);
+        }
+        let start = frame::begin_frame(&mut st.buf, kind, id, route);
+        if let Err(e) = body(&mut st.buf) {
+            st.buf.truncate(start);
+            return Err(PushError::Encode(e));
+        }
+        let len = frame::finish_frame(&mut st.buf, start);
+        if len > self.max_frame {
+            st.buf.truncate(start);
+            return Err(PushError::TooLarge(len));
+        }
+        let overflow = st.buf.len() > self.max_bytes;
+        st.frames += 1;
+        let first = st.frames == 1;
+        drop(st);
+        if overflow {
+            return Err(PushError::Overflow);
+        }
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a frame whose body is already encoded (forwarded frames: no re-encoding).
+    pub(crate) fn push_raw(
+        &self,
+        kind: Kind,
+        id: u32,
+        route: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<(), PushError> {
+        self.push(kind, id, route, |buf| {
+            buf.extend_from_slice(body);
+            Ok(())
+        })
+    }
+
+    /// Waits for queued bytes and takes all of them; `None` once closed and drained.
+    pub(crate) async fn take(&self) -> Option<(Bytes, u64)> {
+        loop {
+            {
+                let mut st = self.state.lock();
+                if !st.buf.is_empty() {
+                    let frames = std::mem::take(&mut st.frames);
+                    let out = st.buf.split().freeze();
+                    // Reclaims the previous batch's allocation if its write has finished.
+                    st.buf.reserve(8 << 10);
+                    return Some((out, frames));
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn queued(&self) -> usize {
+        self.state.lock().buf.len()
+    }
+
+    /// Refuses further frames; what is queued is still written.
+    pub(crate) fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Drops everything queued and refuses further frames.
+    pub(crate) fn abort(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        st.buf.clear();
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameDecoder;
+
+    #[tokio::test]
+    async fn frames_queued_together_leave_together() {
+        let outbox = Outbox::new(1 << 20, 1 << 20);
+        for id in 1..=3 {
+            outbox
+                .push(Kind::Reply, id, None, |b| {
+                    b.extend_from_slice(&[0xc0]);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let (batch, frames) = outbox.take().await.unwrap();
+        assert_eq!(frames, 3);
+        let mut d = FrameDecoder::new(1 << 20);
+        d.buffer().extend_from_slice(&batch);
+        for id in 1..=3 {
+            assert_eq!(d.next_frame().unwrap().unwrap().id, id);
+        }
+    }
+
+    #[test]
+    fn oversize_and_failed_encodes_leave_no_trace() {
+        let outbox = Outbox::new(1 << 20, 8);
+        let big = outbox.push(Kind::Reply, 1, None, |b| {
+            b.extend_from_slice(&[0; 16]);
+            Ok(())
+        });
+        assert!(matches!(big, Err(PushError::TooLarge(22))));
+        let failed = outbox.push(Kind::Reply, 1, None, |_| Err(RpcError::internal("x")));
+        assert!(matches!(failed, Err(PushError::Encode(_))));
+        assert_eq!(outbox.queued(), 0);
+    }
+
+    #[test]
+    fn overflow_is_reported_and_closed_refuses() {
+        let outbox = Outbox::new(16, 1 << 20);
+        let r = outbox.push_raw(Kind::Item, 1, None, &[0; 32]);
+        assert!(matches!(r, Err(PushError::Overflow)));
+        outbox.close();
+        assert!(matches!(
+            outbox.push_raw(Kind::Item, 1, None, &[]),
+            Err(PushError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,319 @@
+//! The kernel: the registry of controllers, the security policy, and the connections it
+//! serves. One kernel serves every transport at once.
+//!
+//! - [`controller`]: what generated code implements ([`Controller`], [`ActionInfo`]).
+//! - [`responder`]: how an action answers.
+//! - [`context`]: what a handler can ask about its call.
+//! - [`security`]: the policy ([`Security`], [`Session`], [`Token`]).
+//! - [`stats`]: counters.
+
+pub mod context;
+pub mod controller;
+pub mod responder;
+pub mod security;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::connection::{ConnShared, Connection};
+use crate::error::RpcError;
+use crate::limits::Limits;
+use crate::transport::Transport;
+use controller::{ActionInfo, Controller, ControllerDescriptor};
+use security::{DefaultSecurity, Security, SharedSecurity};
+use stats::{Counters, Stats};
+
+type Factory = Arc<dyn Fn(&Connection) -> Arc<dyn Controller> + Send + Sync>;
+
+enum Source {
+    Shared(Arc<dyn Controller>),
+    PerConnection(Factory),
+}
+
+struct Entry {
+    name: &'static str,
+    actions: &'static [ActionInfo],
+    index: HashMap<&'static str, usize>,
+    source: Source,
+}
+
+/// A controller and action found for a call.
+pub(crate) struct Resolved {
+    pub(crate) controller: Arc<dyn Controller>,
+    pub(crate) controller_name: &'static str,
+    pub(crate) index: usize,
+    pub(crate) action: &'static ActionInfo,
+}
+
+struct KernelInner {
+    registry: RwLock<HashMap<&'static str, Entry>>,
+    security: RwLock<Option<SharedSecurity>>,
+    limits: Arc<Limits>,
+    connections: Mutex<HashMap<u64, Connection>>,
+    next_connection_id: AtomicU64,
+    counters: Counters,
+}
+
+/// The registry of controllers and the policy that guards them. Cheap to clone: clones share
+/// everything.
+///
+/// ```
+/// use rpc_core::{controller, RpcDirectClient, RpcKernel};
+///
+/// #[controller("greeter")]
+/// pub trait Greeter {
+///     async fn hello(&self, name: String) -> String;
+/// }
+///
+/// struct English;
+/// impl Greeter for English {
+///     async fn hello(&self, name: String) -> String {
+///         format!("Hello {name}")
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let kernel = RpcKernel::new();
+/// kernel.register(GreeterServer::new(English));
+///
+/// let client = RpcDirectClient::new(&kernel);
+/// let greeter = client.controller::<GreeterClient>();
+/// assert_eq!(greeter.hello("World".into()).await.unwrap(), "Hello World");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct RpcKernel {
+    inner: Arc<KernelInner>,
+}
+
+impl Default for RpcKernel {
+    fn default() -> Self {
+        RpcKernel::new()
+    }
+}
+
+impl std::fmt::Debug for RpcKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.inner.registry.read().keys().copied().collect();
+        f.debug_struct("RpcKernel")
+            .field("controllers", &names)
+            .finish()
+    }
+}
+
+impl RpcKernel {
+    /// A kernel with the default [`Limits`].
+    pub fn new() -> RpcKernel {
+        RpcKernel::with_limits(Limits::default())
+    }
+
+    /// A kernel enforcing `limits` on every connection it serves.
+    pub fn with_limits(limits: Limits) -> RpcKernel {
+        RpcKernel {
+            inner: Arc::new(KernelInner {
+                registry: RwLock::new(HashMap::new()),
+                security: RwLock::new(None),
+                limits: Arc::new(limits),
+                connections: Mutex::new(HashMap::new()),
+                next_connection_id: AtomicU64::new(1),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The limits this kernel enforces.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.inner.limits.clone()
+    }
+
+    /// Registers a controller shared by every connection.
+    ///
+    /// # Panics
+    /// If a controller of the same name is already registered: two controllers answering to
+    /// one name is a configuration error, reported at start-up rather than at the first call.
+    pub fn register<C: Controller>(&self, controller: C) -> &Self {
+        let controller: Arc<dyn Controller> = Arc::new(controller);
+        let (name, actions) = (controller.name(), controller.actions());
+        self.insert(name, actions, Source::Shared(controller));
+        self
+    }
+
+    /// Registers a controller created per connection, on the connection's first call to it,
+    /// and dropped when the connection closes.
+    ///
+    /// # Panics
+    /// As [`RpcKernel::register`].
+    pub fn register_with<C, F>(&self, factory: F) -> &Self
+    where
+        C: Controller + ControllerDescriptor,
+        F: Fn(&Connection) -> C + Send + Sync + 'static,
+    {
+        let factory: Factory = Arc::new(move |conn| Arc::new(factory(conn)) as Arc<dyn Controller>);
+        self.insert(C::NAME, C::ACTIONS, Source::PerConnection(factory));
+        self
+    }
+
+    fn insert(&self, name: &'static str, actions: &'static [ActionInfo], source: Source) {
+        let index = actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name, i))
+            .collect();
+        let mut registry = self.inner.registry.write();
+        assert!(
+            !registry.contains_key(name),
+            "a controller named `{name}` is already registered on this kernel"
+        );
+        registry.insert(
+            name,
+            Entry {
+                name,
+                actions,
+                index,
+                source,
+            },
+        );
+    }
+
+    /// Whether a controller of that name is registered.
+    pub fn has_controller(&self, name: &str) -> bool {
+        self.inner.registry.read().contains_key(name)
+    }
+
+    /// Sets the security policy (replacing the default: anonymous calls allowed, tokens
+    /// rejected, peers denied).
+    pub fn set_security<S: Security>(&self, security: S) -> &Self {
+        *self.inner.security.write() = Some(Arc::new(security));
+        self
+    }
+
+    pub(crate) fn security(&self) -> Option<SharedSecurity> {
+        self.inner.security.read().clone()
+    }
+
+    pub(crate) fn security_or_default(&self) -> SharedSecurity {
+        self.security().unwrap_or_else(|| Arc::new(DefaultSecurity))
+    }
+
+    /// Applies the policy's `transform_error` to an error about to leave.
+    pub(crate) fn present_error(&self, error: RpcError) -> RpcError {
+        match self.security() {
+            Some(security) => security.transform_error(error),
+            None => error,
+        }
+    }
+
+    /// Finds the controller and action for a call on `conn`.
+    pub(crate) fn resolve(
+        &self,
+        conn: &Arc<ConnShared>,
+        controller: &str,
+        action: &str,
+    ) -> Result<Resolved, RpcError> {
+        let registry = self.inner.registry.read();
+        let entry = registry.get(controller).ok_or_else(|| {
+            RpcError::not_found(format!("no controller `{controller}` is registered"))
+        })?;
+        let index = *entry.index.get(action).ok_or_else(|| {
+            RpcError::not_found(format!("no action `{action}` on controller `{controller}`"))
+        })?;
+        let instance = match &entry.source {
+            Source::Shared(c) => c.clone(),
+            Source::PerConnection(factory) => {
+                let mut local = conn.local_controllers.lock();
+                match local.get(entry.name) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = factory(&Connection {
+                            shared: conn.clone(),
+                        });
+                        local.insert(entry.name, c.clone());
+                        c
+                    }
+                }
+            }
+        };
+        Ok(Resolved {
+            controller: instance,
+            controller_name: entry.name,
+            index,
+            action: &entry.actions[index],
+        })
+    }
+
+    /// Serves one already-established transport (accepted socket, upgraded WebSocket, ...)
+    /// as the accepting side; returns once the handshake is done and the connection runs.
+    pub async fn accept<T: Transport>(&self, transport: T) -> Result<Connection, RpcError> {
+        crate::connection::driver::accept(transport, self.clone()).await
+    }
+
+    /// Opens a connection over `transport` as the dialing side; this kernel serves the calls
+    /// the remote makes back.
+    pub async fn dial<T: Transport>(&self, transport: T) -> Result<Connection, RpcError> {
+        crate::connection::driver::dial(transport, self.clone()).await
+    }
+
+    /// The live connections this kernel accepted (for broadcasts).
+    pub fn connections(&self) -> Vec<Connection> {
+        self.inner.connections.lock().values().cloned().collect()
+    }
+
+    /// A snapshot of the kernel's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.inner.next_connection_id.fetch_add(1, Relaxed)
+    }
+
+    pub(crate) fn connection_opened(&self, conn: &Connection) {
+        let c = &self.inner.counters;
+        c.connections.fetch_add(1, Relaxed);
+        c.total_connections.fetch_add(1, Relaxed);
+        self.inner
+            .connections
+            .lock()
+            .insert(conn.id(), conn.clone());
+        if conn.is_closed() {
+            self.connection_closed(conn.id());
+        }
+    }
+
+    pub(crate) fn connection_closed(&self, id: u64) {
+        if self.inner.connections.lock().remove(&id).is_some() {
+            self.inner.counters.connections.fetch_sub(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn stats_call_started(&self) {
+        self.inner.counters.calls.fetch_add(1, Relaxed);
+        self.inner.counters.active_calls.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stats_call_ended(&self) {
+        self.inner.counters.active_calls.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn stats_stream_opened(&self) {
+        self.inner.counters.active_streams.fetch_add(1, Relaxed);
+        self.inner.counters.total_streams.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stats_stream_closed(&self) {
+        self.inner.counters.active_streams.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn stats_sent(&self, frames: u64, bytes: u64) {
+        self.inner.counters.messages_out.fetch_add(frames, Relaxed);
+        self.inner.counters.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn stats_received(&self, bytes: u64) {
+        self.inner.counters.bytes_in.fetch_add(bytes, Relaxed);
+    }
+}

@@ -1,0 +1,193 @@
+//! [`Responder`]: how a running action answers its caller.
+//!
+//! Generated code hands each action a `Responder` and calls exactly one `reply_*` method with
+//! the handler's output; the [`Replied`] it returns proves the answer was queued. A handler
+//! that panics or is cancelled never reaches that call: the kernel answers for it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use crate::connection::ConnShared;
+use crate::error::RpcError;
+use crate::kernel::context::Context;
+use crate::kernel::controller::ActionError;
+use crate::protocol::codec::{self, ArgsReader};
+use crate::protocol::frame::Kind;
+use crate::stream::RpcStream;
+
+/// Proof that an action's answer has been queued.
+#[derive(Debug)]
+#[must_use]
+pub struct Replied(());
+
+impl Replied {
+    pub(crate) fn new() -> Replied {
+        Replied(())
+    }
+}
+
+/// Answers one call. See the module docs.
+pub struct Responder {
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) id: u32,
+    pub(crate) ctx: Context,
+    pub(crate) credit: Option<Arc<Semaphore>>,
+}
+
+impl Responder {
+    /// The call's context (connection, session, action).
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Starts reading the call's argument array, under the connection's depth limit.
+    pub fn args<'a>(&self, args: &'a [u8]) -> Result<ArgsReader<'a>, RpcError> {
+        ArgsReader::new(args, self.conn.limits.depth_limit())
+    }
+
+    /// Client streaming arguments arrive in a later protocol revision of this crate.
+    pub fn arg_stream<T: DeserializeOwned + Send + 'static>(
+        &self,
+    ) -> Result<RpcStream<T>, RpcError> {
+        Err(RpcError::bad_arguments(
+            "this action takes a client stream, which this server does not support",
+        ))
+    }
+
+    /// Answers with a value.
+    pub fn reply_value<T: Serialize + ?Sized>(self, value: &T) -> Replied {
+        self.conn.release_inbound(self.id);
+        let pushed = self.conn.outbox.push(Kind::Reply, self.id, None, |buf| {
+            codec::encode_into(buf, value)
+        });
+        if let Err(e) = pushed {
+            let e = e.into_rpc_error(self.conn.limits.frame_limit());
+            self.conn.on_push_error(&e);
+            self.conn
+                .send_error(self.id, &self.conn.kernel.present_error(e));
+        }
+        Replied::new()
+    }
+
+    /// Answers with a value or an error (declared errors travel whole; others are hidden).
+    pub fn reply_result<T: Serialize, E: ActionError>(self, result: Result<T, E>) -> Replied {
+        match result {
+            Ok(value) => self.reply_value(&value),
+            Err(e) => self.reply_error(e),
+        }
+    }
+
+    /// Answers with an error.
+    pub fn reply_error<E: ActionError>(self, error: E) -> Replied {
+        let error = error_for_caller(error, &self.ctx);
+        self.conn
+            .answer_error(self.id, &self.conn.kernel.present_error(error));
+        Replied::new()
+    }
+
+    /// Answers with a stream: accepts the subscription, then sends items as the caller grants
+    /// credit, then the end (or the stream's error).
+    pub async fn reply_stream<T: Serialize + Send + 'static>(
+        self,
+        mut stream: RpcStream<T>,
+    ) -> Replied {
+        let Some(credit) = self.credit.clone() else {
+            return self.reply_error(RpcError::internal("stream reply on a call without credit"));
+        };
+        if self
+            .conn
+            .outbox
+            .push(Kind::StreamOpen, self.id, None, |buf| {
+                codec::encode_into(buf, &0u32)
+            })
+            .is_err()
+        {
+            return Replied::new();
+        }
+        self.conn.kernel.stats_stream_opened();
+        let _open = StreamGauge(self.conn.kernel.clone());
+        loop {
+            // Credit first: the producer never runs ahead of what the consumer granted.
+            match credit.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Replied::new(),
+            }
+            match stream.next().await {
+                Some(Ok(item)) => {
+                    let pushed = self.conn.outbox.push(Kind::Item, self.id, None, |buf| {
+                        codec::encode_into(buf, &item)
+                    });
+                    if let Err(e) = pushed {
+                        let e = e.into_rpc_error(self.conn.limits.frame_limit());
+                        self.conn.on_push_error(&e);
+                        self.conn
+                            .answer_error(self.id, &self.conn.kernel.present_error(e));
+                        return Replied::new();
+                    }
+                }
+                Some(Err(e)) => {
+                    self.conn
+                        .answer_error(self.id, &self.conn.kernel.present_error(e));
+                    return Replied::new();
+                }
+                None => {
+                    self.conn.release_inbound(self.id);
+                    let _ = self.conn.outbox.push(Kind::End, self.id, None, |_| Ok(()));
+                    return Replied::new();
+                }
+            }
+        }
+    }
+
+    /// Answers with a stream or an error.
+    pub async fn reply_stream_result<T: Serialize + Send + 'static, E: ActionError>(
+        self,
+        result: Result<RpcStream<T>, E>,
+    ) -> Replied {
+        match result {
+            Ok(stream) => self.reply_stream(stream).await,
+            Err(e) => self.reply_error(e),
+        }
+    }
+}
+
+/// Counts an open stream in the kernel's stats while alive.
+struct StreamGauge(crate::RpcKernel);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.stats_stream_closed();
+    }
+}
+
+/// An error as the caller may see it: declared errors as they are, anything else reduced to
+/// `Internal` with a correlation id that is also in the server's log line.
+pub(crate) fn error_for_caller<E: ActionError>(error: E, ctx: &Context) -> RpcError {
+    match error.into_rpc_error() {
+        Ok(e) => e,
+        Err(detail) => hidden_failure(&detail, ctx.controller, ctx.action.name),
+    }
+}
+
+/// Logs a failure the caller must not see and returns the generic error it gets instead.
+pub(crate) fn hidden_failure(detail: &str, controller: &str, action: &str) -> RpcError {
+    let id = correlation_id();
+    tracing::error!(correlation_id = %id, controller, action, "action failed: {detail}");
+    RpcError::internal("the server failed to handle the call").with_correlation_id(id)
+}
+
+/// An id that is unique per process and not guessable from the previous one.
+pub(crate) fn correlation_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = SEED.get_or_init(Default::default).build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", h.finish())
+}

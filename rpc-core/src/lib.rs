@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod connection;
+pub mod entity;
+pub mod error;
+pub mod kernel;
+pub mod limits;
+pub mod protocol;
+pub mod stream;
+pub mod transport;
+
+pub use client::{CallTarget, ConnectionState, Connector, RpcClient, RpcDirectClient};
+pub use connection::Connection;
+pub use entity::{AnyEntity, DuplicateEntity, Entity, TypeRegistry};
+pub use error::{ErrorKind, RpcError};
+pub use kernel::RpcKernel;
+pub use kernel::context::Context;
+pub use kernel::controller::{
+    ActionError, ActionFuture, ActionInfo, ActionKind, Controller, ControllerClient,
+    ControllerDescriptor, NoArgs,
+};
+pub use kernel::responder::{Replied, Responder};
+pub use kernel::security::{ControllerAccess, Security, Session, Token};
+pub use kernel::stats::Stats;
+pub use limits::Limits;
+pub use protocol::codec::ArgsReader;
+pub use rpc_macros::{Entity, action, controller};
+pub use stream::RpcStream;

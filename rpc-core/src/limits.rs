@@ -1,0 +1,174 @@
+//! [`Limits`]: every bound a connection enforces, with its default and what hitting it does.
+//!
+//! Per-request limits answer that request with an error and keep the connection; abuse of the
+//! connection itself closes it with a machine-readable reason (a `GoAway` frame, see
+//! `PROTOCOL.md`). The defaults follow the survey in `ROBUSTNESS.md` §1.
+
+use std::time::Duration;
+
+/// Bounds on what one connection (and the whole kernel) may use.
+///
+/// Built with [`Limits::default`] and adjusted with the builder methods:
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_core::Limits;
+///
+/// let limits = Limits::default()
+///     .max_frame_size(4 << 20)
+///     .max_calls_in_flight(500)
+///     .call_timeout(Duration::from_secs(5));
+/// assert_eq!(limits.max_frame_size, 4 << 20);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest frame (length prefix excluded) accepted once authenticated. Default 1 MiB.
+    /// A larger declared length closes the connection (`GoAway` code `TooLarge`) before any
+    /// of it is buffered. Outbound messages above it are cut into chunks (or, for a frame
+    /// that cannot be chunked, fail that call with [`ErrorKind::TooLarge`](crate::ErrorKind)).
+    pub max_frame_size: usize,
+    /// Largest frame accepted before the connection authenticated. Default 16 KiB.
+    pub max_preauth_frame_size: usize,
+    /// Largest reassembled (chunked) message. Default 8 MiB; a larger declared total fails
+    /// that call with `TooLarge`.
+    pub max_message_size: usize,
+    /// Bytes the frame reader reserves beyond those it has received. Default 64 KiB: a
+    /// header declaring 1 MiB does not make the server allocate 1 MiB up front.
+    pub read_reservation: usize,
+    /// Deepest nesting of arrays and maps in any body. Default 64 (safe on a 2 MiB stack in a
+    /// debug build); deeper → `BadArguments` for arguments, protocol error elsewhere.
+    pub max_depth: usize,
+    /// Calls the remote side may have running here at once. Default 100; one more → `Busy`
+    /// at once. A cancelled call keeps its slot until its handler has really ended.
+    pub max_calls_in_flight: usize,
+    /// Calls this side may have outstanding to the remote at once. Default 10 000 for a
+    /// client, where excess calls wait for a slot; the server's calls back to a client fail
+    /// with `Busy` above 64.
+    pub max_outbound_calls: usize,
+    /// Open streams (subscriptions) per connection. Default 1024; one more → `Busy`.
+    pub max_streams: usize,
+    /// Items a stream's producer may run ahead of its consumer. Default 64.
+    pub stream_window: u32,
+    /// Outbound bytes queued for a connection that does not read, above which it is closed as
+    /// a slow consumer (`GoAway` code `SlowConsumer`). Default 8 MiB.
+    pub max_outbound_queue: usize,
+    /// How long a single write may block before the connection is closed. Default 10 s.
+    pub write_timeout: Duration,
+    /// From accept to the first frame of the protocol handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// From accept to authenticated, when the kernel requires authentication. Default 10 s.
+    pub auth_timeout: Duration,
+    /// How long a started frame may take to arrive whole. Default 30 s.
+    pub frame_timeout: Duration,
+    /// Idle time after which a Ping is sent. Default 30 s.
+    pub keepalive_interval: Duration,
+    /// Unanswered Pings after which the connection is closed as lost. Default 2.
+    pub keepalive_misses: u32,
+    /// Protocol errors tolerated per minute before the connection is closed. Default 100.
+    pub max_protocol_errors: u32,
+    /// Default deadline of a call made by this side. Default 30 s; per call with
+    /// `with_timeout`. The deadline travels with the call so the server stops the handler.
+    pub call_timeout: Duration,
+    /// Upper bound the server applies to deadlines requested by callers. Default 5 min.
+    pub max_call_timeout: Duration,
+    /// Size above which a message is cut into chunks. Default 256 KiB.
+    pub chunk_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_size: 1 << 20,
+            max_preauth_frame_size: 16 << 10,
+            max_message_size: 8 << 20,
+            read_reservation: 64 << 10,
+            max_depth: 64,
+            max_calls_in_flight: 100,
+            max_outbound_calls: 10_000,
+            max_streams: 1024,
+            stream_window: 64,
+            max_outbound_queue: 8 << 20,
+            write_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_misses: 2,
+            max_protocol_errors: 100,
+            call_timeout: Duration::from_secs(30),
+            max_call_timeout: Duration::from_secs(300),
+            chunk_size: 256 << 10,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl Limits {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Limits::max_frame_size`] (clamped to 4 KiB ..= 16 MiB when used).
+    max_frame_size: usize,
+    /// Sets [`Limits::max_preauth_frame_size`].
+    max_preauth_frame_size: usize,
+    /// Sets [`Limits::max_message_size`].
+    max_message_size: usize,
+    /// Sets [`Limits::read_reservation`].
+    read_reservation: usize,
+    /// Sets [`Limits::max_depth`] (clamped to 1 ..= 128 when used).
+    max_depth: usize,
+    /// Sets [`Limits::max_calls_in_flight`].
+    max_calls_in_flight: usize,
+    /// Sets [`Limits::max_outbound_calls`].
+    max_outbound_calls: usize,
+    /// Sets [`Limits::max_streams`].
+    max_streams: usize,
+    /// Sets [`Limits::stream_window`].
+    stream_window: u32,
+    /// Sets [`Limits::max_outbound_queue`].
+    max_outbound_queue: usize,
+    /// Sets [`Limits::write_timeout`].
+    write_timeout: Duration,
+    /// Sets [`Limits::handshake_timeout`].
+    handshake_timeout: Duration,
+    /// Sets [`Limits::auth_timeout`].
+    auth_timeout: Duration,
+    /// Sets [`Limits::frame_timeout`].
+    frame_timeout: Duration,
+    /// Sets [`Limits::keepalive_interval`].
+    keepalive_interval: Duration,
+    /// Sets [`Limits::keepalive_misses`].
+    keepalive_misses: u32,
+    /// Sets [`Limits::max_protocol_errors`].
+    max_protocol_errors: u32,
+    /// Sets [`Limits::call_timeout`].
+    call_timeout: Duration,
+    /// Sets [`Limits::max_call_timeout`].
+    max_call_timeout: Duration,
+    /// Sets [`Limits::chunk_size`].
+    chunk_size: usize,
+}
+
+impl Limits {
+    /// The frame limit actually enforced (clamped to 4 KiB ..= 16 MiB).
+    pub(crate) fn frame_limit(&self) -> usize {
+        self.max_frame_size.clamp(4 << 10, 16 << 20)
+    }
+
+    /// The depth limit actually enforced (clamped to 1 ..= 128).
+    pub(crate) fn depth_limit(&self) -> usize {
+        self.max_depth.clamp(1, 128)
+    }
+}

@@ -1,0 +1,293 @@
+//! MessagePack rules every body obeys, on both sides of a connection.
+//!
+//! Decoding follows the recipe of `ROBUSTNESS.md` §4.3: a non-recursive pre-scan
+//! ([`prescan`]) checks the nesting depth, that every declared length is backed by bytes
+//! present, and that nothing trails the value; only then does serde run (with its own depth
+//! limit as a second guard). Hostile input therefore cannot overflow the stack or make serde
+//! pre-allocate more than the frame's size.
+
+use bytes::{BufMut, BytesMut};
+use rmp::decode::{LenError, MessageLen};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::RpcError;
+
+/// Default nesting limit of decoded bodies (see [`Limits::max_depth`](crate::Limits)).
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not one well-formed MessagePack value within the limits.
+    #[error(
+        "malformed MessagePack: bad syntax, nesting deeper than {max_depth} levels, or a declared length beyond the data"
+    )]
+    Malformed {
+        /// The depth limit in force.
+        max_depth: usize,
+    },
+    /// Declared lengths run past the end of the body.
+    #[error("truncated MessagePack: a declared length runs past the end of the data")]
+    Truncated,
+    /// Bytes follow the value.
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+    /// The value does not have the expected type.
+    #[error("{0}")]
+    Type(String),
+}
+
+/// Length of the one MessagePack value at the start of `data`, with nesting at most
+/// `max_depth`. Never recurses and never allocates more than a small stack of open sequences.
+pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
+    match MessageLen::with_limits(max_depth, data.len() + 1).incremental_len(data) {
+        Ok(n) => Ok(n),
+        Err(LenError::Truncated(_)) if max_depth_exceeded(data, max_depth) => {
+            Err(DecodeError::Malformed { max_depth })
+        }
+        Err(LenError::Truncated(_)) => Err(DecodeError::Truncated),
+        Err(LenError::ParseError) => Err(DecodeError::Malformed { max_depth }),
+    }
+}
+
+/// `MessageLen` reports an exceeded limit as `Truncated` on the first call; a second call
+/// tells the two apart (`ROBUSTNESS.md` §4.1).
+fn max_depth_exceeded(data: &[u8], max_depth: usize) -> bool {
+    let mut scan = MessageLen::with_limits(max_depth, data.len() + 1);
+    let _ = scan.incremental_len(data);
+    matches!(scan.incremental_len(&[]), Err(LenError::ParseError))
+}
+
+/// Checks that `body` is exactly one MessagePack value within the depth limit.
+pub fn prescan(body: &[u8], max_depth: usize) -> Result<(), DecodeError> {
+    let n = value_len(body, max_depth)?;
+    if n != body.len() {
+        return Err(DecodeError::Trailing(body.len() - n));
+    }
+    Ok(())
+}
+
+/// Decodes one value that [`prescan`] has accepted (or that this side produced).
+pub fn decode_prescanned<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    de.set_max_depth(crate::protocol::codec::DEFAULT_MAX_DEPTH * 2);
+    T::deserialize(&mut de).map_err(|e| DecodeError::Type(e.to_string()))
+}
+
+/// Pre-scans and decodes one value with the default depth limit.
+///
+/// ```
+/// use rpc_core::protocol::codec::{decode_value, encode_value};
+///
+/// let bytes = encode_value(&(1u8, "two")).unwrap();
+/// assert_eq!(decode_value::<(u8, String)>(&bytes).unwrap(), (1, "two".to_string()));
+/// assert!(decode_value::<u8>(&[0x01, 0xff]).is_err()); // trailing bytes
+/// ```
+pub fn decode_value<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    prescan(body, DEFAULT_MAX_DEPTH)?;
+    decode_prescanned(body)
+}
+
+/// Encodes `value` as MessagePack: structs as maps keyed by field name (so fields can be
+/// added in a compatible way), enums as `{variant: value}` or the variant name.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RpcError> {
+    let mut out = Vec::new();
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+/// Encodes `value` at the end of `out`.
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) -> Result<(), RpcError> {
+    write_value(&mut out.writer(), value)
+}
+
+fn write_value<W: std::io::Write, T: Serialize + ?Sized>(
+    out: &mut W,
+    value: &T,
+) -> Result<(), RpcError> {
+    let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
+    value
+        .serialize(&mut ser)
+        .map_err(|e| RpcError::internal(format!("value could not be serialized: {e}")))
+}
+
+/// Reads an action's arguments one by one, so that a failure names the argument.
+///
+/// The arguments travel as one MessagePack array; generated server code calls
+/// [`ArgsReader::next`] once per parameter, then [`ArgsReader::finish`].
+///
+/// ```
+/// use rpc_core::protocol::codec::{encode_value, ArgsReader};
+///
+/// let args = encode_value(&("Ada", 36u8)).unwrap();
+/// let mut reader = ArgsReader::new(&args, 64).unwrap();
+/// let name: String = reader.next("name").unwrap();
+/// let err = reader.next::<String>("age").unwrap_err();
+/// assert!(err.to_string().contains("argument `age` (#2)"), "{err}");
+/// ```
+pub struct ArgsReader<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+    position: u32,
+    max_depth: usize,
+}
+
+impl<'a> ArgsReader<'a> {
+    /// Starts reading an argument array. `args` must be one array value (checked).
+    pub fn new(args: &'a [u8], max_depth: usize) -> Result<ArgsReader<'a>, RpcError> {
+        let mut rest = args;
+        let count = rmp::decode::read_array_len(&mut rest)
+            .map_err(|_| RpcError::bad_arguments("the arguments are not a MessagePack array"))?;
+        Ok(ArgsReader {
+            rest,
+            remaining: count,
+            position: 0,
+            max_depth,
+        })
+    }
+
+    /// How many arguments the caller sent.
+    pub fn len(&self) -> usize {
+        (self.remaining + self.position) as usize
+    }
+
+    /// Whether the caller sent no arguments.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes the next argument, named `name` in errors.
+    pub fn next<T: DeserializeOwned>(&mut self, name: &str) -> Result<T, RpcError> {
+        self.position += 1;
+        let position = self.position;
+        if self.remaining == 0 {
+            return Err(RpcError::bad_arguments(format!(
+                "argument `{name}` (#{position}) is missing: the caller sent {} arguments",
+                position - 1
+            )));
+        }
+        self.remaining -= 1;
+        let len = value_len(self.rest, self.max_depth).map_err(|e| {
+            RpcError::bad_arguments(format!("argument `{name}` (#{position}): {e}"))
+        })?;
+        let (value, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        decode_prescanned(value)
+            .map_err(|e| RpcError::bad_arguments(format!("argument `{name}` (#{position}): {e}")))
+    }
+
+    /// Checks that no argument is left over.
+    pub fn finish(self) -> Result<(), RpcError> {
+        if self.remaining != 0 {
+            return Err(RpcError::bad_arguments(format!(
+                "{} arguments sent, the action takes {}",
+                self.len(),
+                self.position
+            )));
+        }
+        if !self.rest.is_empty() {
+            return Err(RpcError::bad_arguments(format!(
+                "{} trailing bytes after the arguments",
+                self.rest.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Shape {
+        Unit,
+        Circle { r: f64 },
+        Pair(u8, i16),
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Everything {
+        s: String,
+        o: Option<u32>,
+        v: Vec<Shape>,
+        m: BTreeMap<String, i64>,
+        #[serde(with = "serde_bytes")]
+        b: Vec<u8>,
+        big: u128,
+        neg: i128,
+        f: f64,
+        unit: (),
+    }
+
+    #[test]
+    fn serde_types_round_trip() {
+        let value = Everything {
+            s: "héllo".into(),
+            o: Some(3),
+            v: vec![Shape::Unit, Shape::Circle { r: 1.5 }, Shape::Pair(1, -2)],
+            m: [("a".to_string(), -1)].into_iter().collect(),
+            b: vec![0, 1, 255],
+            big: u128::MAX,
+            neg: i128::MIN,
+            f: f64::MIN_POSITIVE,
+            unit: (),
+        };
+        let bytes = encode_value(&value).unwrap();
+        assert_eq!(decode_value::<Everything>(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let mut bomb = vec![0x91u8; 100_000];
+        bomb.push(0xc0);
+        let err = decode_value::<serde::de::IgnoredAny>(&bomb).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn declared_lengths_must_be_backed_by_bytes() {
+        // array32 declaring 2^32-1 elements with 3 bytes present
+        let data = [0xdd, 0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        assert!(decode_value::<Vec<u8>>(&data).is_err());
+        // bin32 declaring 4 GiB
+        let data = [0xc6, 0xff, 0xff, 0xff, 0xff, 1];
+        assert!(decode_value::<serde_bytes::ByteBuf>(&data).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        assert_eq!(
+            decode_value::<u8>(&[0x01, 0xff, 0xff]),
+            Err(DecodeError::Trailing(2))
+        );
+    }
+
+    #[test]
+    fn args_reader_names_the_failing_argument() {
+        let args = encode_value(&(1u64, "x")).unwrap();
+        let mut r = ArgsReader::new(&args, 64).unwrap();
+        assert_eq!(r.next::<u64>("id").unwrap(), 1);
+        let err = r.next::<u64>("count").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::BadArguments);
+        assert!(err.message().contains("argument `count` (#2)"), "{err}");
+
+        let mut r = ArgsReader::new(&args, 64).unwrap();
+        r.next::<u64>("id").unwrap();
+        assert!(
+            r.finish()
+                .unwrap_err()
+                .message()
+                .contains("2 arguments sent")
+        );
+
+        let mut r = ArgsReader::new(&args, 64).unwrap();
+        r.next::<u64>("id").unwrap();
+        r.next::<String>("name").unwrap();
+        let err = r.next::<String>("extra").unwrap_err();
+        assert!(err.message().contains("missing"), "{err}");
+    }
+}

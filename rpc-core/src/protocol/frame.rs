@@ -1,0 +1,425 @@
+//! Frames: the unit the transports move.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     length L (u32, big-endian): the bytes that follow, 6 <= L <= frame limit
+//! 4       1     kind (see [`Kind`])
+//! 5       1     flags: bit 0 = ROUTED (a route section follows); other bits must be 0
+//! 6       4     call id (u32, big-endian); 0 for connection-level frames
+//! 10      ..    if ROUTED: route length R (u16, big-endian), then R bytes of MessagePack
+//! ..      ..    body: the rest of the frame (MessagePack, or raw bytes for Chunk)
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Bytes of the fixed header after the length prefix (kind, flags, call id).
+pub const HEADER: usize = 6;
+/// Flag bit: a route section follows the header.
+pub const FLAG_ROUTED: u8 = 0b0000_0001;
+
+/// The type of a frame. Values are stable wire codes (`PROTOCOL.md`, "Message kinds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Opens a connection: protocol versions and the sender's role.
+    Hello = 0x01,
+    /// Keepalive probe; the call id is a nonce echoed by the Pong.
+    Ping = 0x02,
+    /// Answer to a Ping.
+    Pong = 0x03,
+    /// The sender is closing the connection, with a code and a reason.
+    GoAway = 0x04,
+    /// Authenticate with a token; answered by Reply or Error.
+    Auth = 0x05,
+    /// Starts a call: controller, action, arguments, options.
+    Call = 0x10,
+    /// Successful result of a unary call; ends the call.
+    Reply = 0x11,
+    /// Failure; ends the call (or the stream it names).
+    Error = 0x12,
+    /// The caller gives up on a call; the callee drops its handler.
+    Cancel = 0x13,
+    /// The callee accepted a streaming call; items follow.
+    StreamOpen = 0x14,
+    /// One item of a stream (result stream from the callee, argument stream from the caller).
+    Item = 0x15,
+    /// The sender's stream on this call completed.
+    End = 0x16,
+    /// The receiver of this frame may send that many more items on this call.
+    Credit = 0x17,
+    /// One piece of a message too large for one frame.
+    Chunk = 0x18,
+    /// The receiver of this frame may send that many more chunk bytes on this call.
+    ChunkCredit = 0x19,
+    /// Registers the sender under a peer alias.
+    PeerRegister = 0x20,
+    /// Releases the sender's peer alias.
+    PeerUnregister = 0x21,
+}
+
+impl Kind {
+    /// The kind for a wire code, or `None` for an unknown code.
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        use Kind::*;
+        Some(match v {
+            0x01 => Hello,
+            0x02 => Ping,
+            0x03 => Pong,
+            0x04 => GoAway,
+            0x05 => Auth,
+            0x10 => Call,
+            0x11 => Reply,
+            0x12 => Error,
+            0x13 => Cancel,
+            0x14 => StreamOpen,
+            0x15 => Item,
+            0x16 => End,
+            0x17 => Credit,
+            0x18 => Chunk,
+            0x19 => ChunkCredit,
+            0x20 => PeerRegister,
+            0x21 => PeerUnregister,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded frame. `route` and `body` share the receive buffer (no copy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// The frame's kind.
+    pub kind: Kind,
+    /// The call this frame belongs to (0: the connection itself).
+    pub id: u32,
+    /// The route section of a routed frame.
+    pub route: Option<Bytes>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// A frame with no route.
+    pub fn new(kind: Kind, id: u32, body: Bytes) -> Frame {
+        Frame {
+            kind,
+            id,
+            route: None,
+            body,
+        }
+    }
+
+    /// The bytes this frame occupies on the wire, length prefix included.
+    pub fn wire_len(&self) -> usize {
+        LEN_PREFIX + HEADER + self.route.as_ref().map_or(0, |r| 2 + r.len()) + self.body.len()
+    }
+
+    /// Appends the frame's wire form to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let route_len = self.route.as_ref().map_or(0, |r| 2 + r.len());
+        out.reserve(self.wire_len());
+        out.put_u32((HEADER + route_len + self.body.len()) as u32);
+        out.put_u8(self.kind as u8);
+        out.put_u8(if self.route.is_some() { FLAG_ROUTED } else { 0 });
+        out.put_u32(self.id);
+        if let Some(route) = &self.route {
+            out.put_u16(route.len() as u16);
+            out.put_slice(route);
+        }
+        out.put_slice(&self.body);
+    }
+}
+
+/// Why the byte stream could not be cut into frames. Each closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix declares more than the connection's current frame limit.
+    #[error(
+        "frame of {declared} bytes exceeds the limit of {limit} bytes (Limits::max_frame_size)"
+    )]
+    TooLarge {
+        /// The declared length.
+        declared: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The length prefix is smaller than the fixed header.
+    #[error("frame length {0} is smaller than the 6-byte header")]
+    TooShort(usize),
+    /// An unknown kind code.
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// Reserved flag bits are set.
+    #[error("reserved frame flags 0x{0:02x} are set")]
+    BadFlags(u8),
+    /// The route section does not fit the frame.
+    #[error("route section of {0} bytes does not fit the frame")]
+    BadRoute(usize),
+}
+
+/// Cuts a byte stream into frames. Bytes are pushed in, frames pulled out; no I/O, no clock.
+///
+/// Memory: the decoder never asks its buffer to grow beyond what has been received plus
+/// [`FrameDecoder::reservation`] bytes, whatever length a header declares.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use rpc_core::protocol::{Frame, FrameDecoder, Kind};
+///
+/// let mut wire = BytesMut::new();
+/// Frame::new(Kind::Ping, 7, Bytes::new()).encode(&mut wire);
+///
+/// let mut decoder = FrameDecoder::new(1 << 20);
+/// decoder.buffer().extend_from_slice(&wire[..3]); // a partial frame
+/// assert_eq!(decoder.next_frame().unwrap(), None);
+/// decoder.buffer().extend_from_slice(&wire[3..]);
+/// let frame = decoder.next_frame().unwrap().unwrap();
+/// assert_eq!((frame.kind, frame.id), (Kind::Ping, 7));
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    limit: usize,
+    reservation: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder accepting frames up to `limit` bytes (length prefix excluded).
+    pub fn new(limit: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            limit,
+            reservation: 64 << 10,
+        }
+    }
+
+    /// Changes the frame limit (for example once the connection authenticated).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// The frame limit in force.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Sets how far beyond the received bytes the buffer may be reserved.
+    pub fn set_reservation(&mut self, bytes: usize) {
+        self.reservation = bytes.max(1024);
+    }
+
+    /// How far beyond the received bytes the buffer may be reserved.
+    pub fn reservation(&self) -> usize {
+        self.reservation
+    }
+
+    /// The receive buffer: append received bytes here.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether a frame has started but not finished arriving.
+    pub fn in_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Makes room for the next read: at most [`FrameDecoder::reservation`] bytes, and no more
+    /// than the current frame still needs when its length is known.
+    pub fn reserve_for_read(&mut self) {
+        let wanted = if self.buf.len() >= LEN_PREFIX {
+            let declared =
+                u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+            (LEN_PREFIX + declared)
+                .saturating_sub(self.buf.len())
+                .clamp(1, self.reservation)
+        } else {
+            // Unknown size: a read of up to 8 KiB picks up several small frames at once.
+            8 << 10
+        };
+        if self.buf.capacity() - self.buf.len() < wanted.min(self.reservation) {
+            self.buf.reserve(wanted.min(self.reservation));
+        }
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed, or an error that ends the
+    /// connection.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let declared =
+            u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if declared > self.limit {
+            return Err(FrameError::TooLarge {
+                declared,
+                limit: self.limit,
+            });
+        }
+        if declared < HEADER {
+            return Err(FrameError::TooShort(declared));
+        }
+        if self.buf.len() < LEN_PREFIX + declared {
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(LEN_PREFIX + declared).freeze();
+        frame.advance(LEN_PREFIX);
+        parse_frame(frame).map(Some)
+    }
+}
+
+/// Parses one frame without its length prefix.
+pub fn parse_frame(mut frame: Bytes) -> Result<Frame, FrameError> {
+    if frame.len() < HEADER {
+        return Err(FrameError::TooShort(frame.len()));
+    }
+    let kind = Kind::from_u8(frame[0]).ok_or(FrameError::UnknownKind(frame[0]))?;
+    let flags = frame[1];
+    if flags & !FLAG_ROUTED != 0 {
+        return Err(FrameError::BadFlags(flags));
+    }
+    let id = u32::from_be_bytes([frame[2], frame[3], frame[4], frame[5]]);
+    frame.advance(HEADER);
+    let route = if flags & FLAG_ROUTED != 0 {
+        if frame.len() < 2 {
+            return Err(FrameError::BadRoute(frame.len()));
+        }
+        let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
+        if frame.len() < 2 + len {
+            return Err(FrameError::BadRoute(len));
+        }
+        frame.advance(2);
+        Some(frame.split_to(len))
+    } else {
+        None
+    };
+    Ok(Frame {
+        kind,
+        id,
+        route,
+        body: frame,
+    })
+}
+
+/// Writes a frame header whose length is patched later by [`finish_frame`].
+///
+/// Returns the offset of the length prefix. Used to encode a body straight into an output
+/// buffer with no intermediate allocation.
+pub fn begin_frame(out: &mut BytesMut, kind: Kind, id: u32, route: Option<&[u8]>) -> usize {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(kind as u8);
+    out.put_u8(if route.is_some() { FLAG_ROUTED } else { 0 });
+    out.put_u32(id);
+    if let Some(route) = route {
+        out.put_u16(route.len() as u16);
+        out.put_slice(route);
+    }
+    start
+}
+
+/// Patches the length prefix of the frame begun at `start`; returns the frame's length
+/// (prefix excluded).
+pub fn finish_frame(out: &mut BytesMut, start: usize) -> usize {
+    let len = out.len() - start - LEN_PREFIX;
+    out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(frame: &Frame) -> BytesMut {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn round_trips_plain_and_routed_frames() {
+        let plain = Frame::new(Kind::Call, 3, Bytes::from_static(b"\x93"));
+        let routed = Frame {
+            kind: Kind::Call,
+            id: 5,
+            route: Some(Bytes::from_static(b"\x91\xa1x")),
+            body: Bytes::from_static(b"\xc0"),
+        };
+        let mut bytes = wire(&plain);
+        bytes.extend_from_slice(&wire(&routed));
+        let mut d = FrameDecoder::new(1 << 20);
+        d.buffer().extend_from_slice(&bytes);
+        assert_eq!(d.next_frame().unwrap(), Some(plain));
+        assert_eq!(d.next_frame().unwrap(), Some(routed));
+        assert_eq!(d.next_frame().unwrap(), None);
+        assert!(!d.in_frame());
+    }
+
+    #[test]
+    fn header_layout_is_big_endian_and_counts_bytes_after_prefix() {
+        let bytes = wire(&Frame::new(
+            Kind::Reply,
+            0x0102_0304,
+            Bytes::from_static(b"\xa2hi"),
+        ));
+        assert_eq!(
+            &bytes[..],
+            b"\x00\x00\x00\x09\x11\x00\x01\x02\x03\x04\xa2hi"
+        );
+    }
+
+    #[test]
+    fn oversized_declared_length_is_rejected_before_buffering() {
+        let mut d = FrameDecoder::new(1 << 20);
+        d.buffer().extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn reservation_is_bounded_whatever_the_declared_length() {
+        let mut d = FrameDecoder::new(16 << 20);
+        d.buffer().extend_from_slice(&(16u32 << 20).to_be_bytes());
+        d.reserve_for_read();
+        assert!(
+            d.buffer().capacity() <= 128 << 10,
+            "capacity {}",
+            d.buffer().capacity()
+        );
+    }
+
+    #[test]
+    fn short_length_unknown_kind_and_flags_are_errors() {
+        let mut d = FrameDecoder::new(1 << 20);
+        d.buffer().extend_from_slice(&[0, 0, 0, 3, 1, 2, 3]);
+        assert_eq!(d.next_frame(), Err(FrameError::TooShort(3)));
+        assert_eq!(
+            parse_frame(Bytes::from_static(&[0x99, 0, 0, 0, 0, 1])),
+            Err(FrameError::UnknownKind(0x99))
+        );
+        assert_eq!(
+            parse_frame(Bytes::from_static(&[0x10, 0x80, 0, 0, 0, 1])),
+            Err(FrameError::BadFlags(0x80))
+        );
+        assert_eq!(
+            parse_frame(Bytes::from_static(&[0x10, 0x01, 0, 0, 0, 1, 0, 9, 1])),
+            Err(FrameError::BadRoute(9))
+        );
+    }
+
+    #[test]
+    fn begin_and_finish_patch_the_length() {
+        let mut out = BytesMut::new();
+        let start = begin_frame(&mut out, Kind::Item, 9, None);
+        out.extend_from_slice(b"\x01");
+        assert_eq!(finish_frame(&mut out, start), 7);
+        let mut d = FrameDecoder::new(1024 * 4);
+        d.buffer().extend_from_slice(&out);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!((f.kind, f.id, &f.body[..]), (Kind::Item, 9, &b"\x01"[..]));
+    }
+}

@@ -1,0 +1,496 @@
+//! Bodies of the frame kinds that have a structure (`PROTOCOL.md`, "Messages").
+//!
+//! Each body is one MessagePack array with fixed positions, so that a decoder in any language
+//! reads it with a handful of primitive calls. Readers accept extra trailing array elements
+//! (added by newer versions) and ignore them.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rmp::encode as enc;
+
+use crate::error::{ErrorKind, RpcError};
+use crate::protocol::codec::{self, DecodeError};
+
+/// The protocol version this implementation speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The magic string that opens every Hello body.
+pub const MAGIC: &str = "rpc";
+
+fn malformed(what: &str) -> DecodeError {
+    DecodeError::Type(format!("malformed {what} body"))
+}
+
+fn read_str<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a str, DecodeError> {
+    let (s, tail) = rmp::decode::read_str_from_slice(*rest).map_err(|_| malformed(what))?;
+    *rest = tail;
+    Ok(s)
+}
+
+fn read_opt_str<'a>(rest: &mut &'a [u8], what: &str) -> Result<Option<&'a str>, DecodeError> {
+    if rest.first() == Some(&0xc0) {
+        *rest = &rest[1..];
+        return Ok(None);
+    }
+    read_str(rest, what).map(Some)
+}
+
+fn read_uint(rest: &mut &[u8], what: &str) -> Result<u64, DecodeError> {
+    rmp::decode::read_int(rest).map_err(|_| malformed(what))
+}
+
+fn read_opt_uint(rest: &mut &[u8], what: &str) -> Result<Option<u64>, DecodeError> {
+    if rest.first() == Some(&0xc0) {
+        *rest = &rest[1..];
+        return Ok(None);
+    }
+    read_uint(rest, what).map(Some)
+}
+
+fn read_array(rest: &mut &[u8], min: u32, what: &str) -> Result<u32, DecodeError> {
+    let n = rmp::decode::read_array_len(rest).map_err(|_| malformed(what))?;
+    if n < min {
+        return Err(malformed(what));
+    }
+    Ok(n)
+}
+
+fn write_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    let mut w = out.writer();
+    match s {
+        Some(s) => {
+            let _ = enc::write_str(&mut w, s);
+        }
+        None => {
+            let _ = enc::write_nil(&mut w);
+        }
+    }
+}
+
+/// Hello: `["rpc", min_version, max_version, connection_id, max_calls]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Lowest version the sender speaks.
+    pub min_version: u32,
+    /// Highest version the sender speaks.
+    pub max_version: u32,
+    /// The acceptor's id for this connection (0 from the dialer).
+    pub connection_id: u64,
+    /// Calls the sender accepts in flight at once; the receiver queues calls beyond it
+    /// instead of sending them (and being answered `Busy`).
+    pub max_calls: u32,
+}
+
+impl Hello {
+    /// Encodes the body.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut w = out.writer();
+        let _ = enc::write_array_len(&mut w, 5);
+        let _ = enc::write_str(&mut w, MAGIC);
+        let _ = enc::write_uint(&mut w, self.min_version as u64);
+        let _ = enc::write_uint(&mut w, self.max_version as u64);
+        let _ = enc::write_uint(&mut w, self.connection_id);
+        let _ = enc::write_uint(&mut w, self.max_calls as u64);
+    }
+
+    /// Decodes the body.
+    pub fn decode(mut body: &[u8]) -> Result<Hello, DecodeError> {
+        let rest = &mut body;
+        let n = read_array(rest, 3, "Hello")?;
+        if read_str(rest, "Hello")? != MAGIC {
+            return Err(malformed("Hello (bad magic)"));
+        }
+        let min_version = read_uint(rest, "Hello")? as u32;
+        let max_version = read_uint(rest, "Hello")? as u32;
+        let connection_id = if n >= 4 { read_uint(rest, "Hello")? } else { 0 };
+        let max_calls = if n >= 5 {
+            read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32
+        } else {
+            100
+        };
+        Ok(Hello {
+            min_version,
+            max_version,
+            connection_id,
+            max_calls,
+        })
+    }
+
+    /// The highest version both sides speak.
+    pub fn negotiate(&self) -> Option<u32> {
+        let v = self.max_version.min(PROTOCOL_VERSION);
+        (v >= self.min_version && v >= 1).then_some(v)
+    }
+}
+
+/// The start of a Call body: `[controller, action, args, timeout_ms?, window?]`.
+///
+/// Borrowed from the frame body: decoding it allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallHead<'a> {
+    /// Controller name.
+    pub controller: &'a str,
+    /// Action name.
+    pub action: &'a str,
+    /// The argument array, still encoded.
+    pub args: &'a [u8],
+    /// The caller's deadline, relative, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Items the callee may send on a result stream before waiting for credit.
+    pub window: u32,
+}
+
+impl<'a> CallHead<'a> {
+    /// Decodes the head; `args` is checked to be one well-formed value within `max_depth`.
+    pub fn decode(body: &'a [u8], max_depth: usize) -> Result<CallHead<'a>, DecodeError> {
+        let mut rest = body;
+        let n = read_array(&mut rest, 3, "Call")?;
+        let controller = read_str(&mut rest, "Call")?;
+        let action = read_str(&mut rest, "Call")?;
+        let len = codec::value_len(rest, max_depth)?;
+        let (args, tail) = rest.split_at(len);
+        rest = tail;
+        let timeout_ms = if n >= 4 {
+            read_opt_uint(&mut rest, "Call")?
+        } else {
+            None
+        };
+        let window = if n >= 5 {
+            read_uint(&mut rest, "Call")? as u32
+        } else {
+            0
+        };
+        Ok(CallHead {
+            controller,
+            action,
+            args,
+            timeout_ms,
+            window,
+        })
+    }
+
+    /// Writes everything but the arguments: the caller appends the argument array, then
+    /// [`CallHead::encode_tail`].
+    pub fn encode_start(out: &mut BytesMut, controller: &str, action: &str) {
+        let mut w = out.writer();
+        let _ = enc::write_array_len(&mut w, 5);
+        let _ = enc::write_str(&mut w, controller);
+        let _ = enc::write_str(&mut w, action);
+    }
+
+    /// Writes the options that follow the arguments.
+    pub fn encode_tail(out: &mut BytesMut, timeout_ms: Option<u64>, window: u32) {
+        let mut w = out.writer();
+        match timeout_ms {
+            Some(ms) => {
+                let _ = enc::write_uint(&mut w, ms);
+            }
+            None => {
+                let _ = enc::write_nil(&mut w);
+            }
+        }
+        let _ = enc::write_uint(&mut w, window as u64);
+    }
+}
+
+/// Encodes an Error body: `[code, message, name?, payload?, correlation_id?]`.
+pub fn encode_error(out: &mut BytesMut, error: &RpcError) {
+    {
+        let mut w = out.writer();
+        let _ = enc::write_array_len(&mut w, 5);
+        let _ = enc::write_uint(&mut w, error.kind().code() as u64);
+        let _ = enc::write_str(&mut w, error.message());
+    }
+    write_opt_str(out, error.name());
+    match error.payload() {
+        Some(p) => {
+            let _ = enc::write_bin(&mut out.writer(), p);
+        }
+        None => out.put_u8(0xc0),
+    }
+    write_opt_str(out, error.correlation_id());
+}
+
+/// Decodes an Error body.
+pub fn decode_error(body: &Bytes) -> Result<RpcError, DecodeError> {
+    let mut rest: &[u8] = body;
+    let n = read_array(&mut rest, 2, "Error")?;
+    let code = read_uint(&mut rest, "Error")?;
+    let kind = ErrorKind::from_code(code.min(255) as u8);
+    let message = read_str(&mut rest, "Error")?.to_string();
+    let name = if n >= 3 {
+        read_opt_str(&mut rest, "Error")?.map(str::to_string)
+    } else {
+        None
+    };
+    let payload = if n >= 4 && rest.first() != Some(&0xc0) {
+        let len = rmp::decode::read_bin_len(&mut rest).map_err(|_| malformed("Error"))? as usize;
+        if len > rest.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let start = body.len() - rest.len();
+        rest = &rest[len..];
+        Some(body.slice(start..start + len))
+    } else {
+        if n >= 4 {
+            rest = &rest[1..];
+        }
+        None
+    };
+    let correlation = if n >= 5 {
+        read_opt_str(&mut rest, "Error")?.map(str::to_string)
+    } else {
+        None
+    };
+    Ok(RpcError::from_parts(
+        kind,
+        message,
+        name,
+        payload,
+        correlation,
+    ))
+}
+
+/// Why a connection is being closed: the code of a GoAway frame (`PROTOCOL.md`, "GoAway").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u16)]
+pub enum GoAwayCode {
+    /// An orderly close.
+    Normal = 0,
+    /// The peer broke the protocol.
+    ProtocolError = 1,
+    /// A frame exceeded the frame limit.
+    TooLarge = 2,
+    /// The peer did not read what was sent to it.
+    SlowConsumer = 3,
+    /// Authentication failed, or did not happen in time.
+    Unauthenticated = 4,
+    /// Too many protocol errors.
+    TooManyErrors = 5,
+    /// The server is shutting down.
+    ShuttingDown = 6,
+    /// Pings went unanswered.
+    KeepaliveTimeout = 7,
+    /// The server has no room for another connection.
+    ServerFull = 8,
+    /// No protocol version in common.
+    UnsupportedVersion = 9,
+    /// The handshake did not complete in time.
+    HandshakeTimeout = 10,
+    /// A started frame did not complete in time.
+    FrameTimeout = 11,
+    /// The call id space is used up; reconnect.
+    IdsExhausted = 12,
+}
+
+impl GoAwayCode {
+    /// The code for a wire value (unknown values read as `ProtocolError`).
+    pub fn from_u16(v: u16) -> GoAwayCode {
+        use GoAwayCode::*;
+        match v {
+            0 => Normal,
+            2 => TooLarge,
+            3 => SlowConsumer,
+            4 => Unauthenticated,
+            5 => TooManyErrors,
+            6 => ShuttingDown,
+            7 => KeepaliveTimeout,
+            8 => ServerFull,
+            9 => UnsupportedVersion,
+            10 => HandshakeTimeout,
+            11 => FrameTimeout,
+            12 => IdsExhausted,
+            _ => ProtocolError,
+        }
+    }
+}
+
+/// GoAway: `[code, reason]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAway {
+    /// Machine-readable reason.
+    pub code: GoAwayCode,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl GoAway {
+    /// Encodes the body.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut w = out.writer();
+        let _ = enc::write_array_len(&mut w, 2);
+        let _ = enc::write_uint(&mut w, self.code as u16 as u64);
+        let _ = enc::write_str(&mut w, &self.reason);
+    }
+
+    /// Decodes the body.
+    pub fn decode(mut body: &[u8]) -> Result<GoAway, DecodeError> {
+        let rest = &mut body;
+        read_array(rest, 2, "GoAway")?;
+        let code = GoAwayCode::from_u16(read_uint(rest, "GoAway")?.min(u16::MAX as u64) as u16);
+        let reason = read_str(rest, "GoAway")?.to_string();
+        Ok(GoAway { code, reason })
+    }
+}
+
+/// Reads a body holding one unsigned integer (Credit, ChunkCredit).
+pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
+    let v = read_uint(&mut body, "Credit")?;
+    if !body.is_empty() {
+        return Err(DecodeError::Trailing(body.len()));
+    }
+    Ok(v)
+}
+
+/// Writes a body holding one unsigned integer.
+pub fn encode_uint(out: &mut BytesMut, v: u64) {
+    let _ = enc::write_uint(&mut out.writer(), v);
+}
+
+/// The source a server stamps on a routed call: `[connection_id, alias?, username?]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteSource {
+    /// The caller's connection id on the routing server.
+    pub connection_id: u64,
+    /// The caller's peer alias, if it registered one.
+    pub alias: Option<String>,
+    /// The caller's session user name, if authenticated.
+    pub username: Option<String>,
+}
+
+impl RouteSource {
+    /// Encodes the route section.
+    pub fn encode(&self, out: &mut BytesMut) {
+        {
+            let mut w = out.writer();
+            let _ = enc::write_array_len(&mut w, 3);
+            let _ = enc::write_uint(&mut w, self.connection_id);
+        }
+        write_opt_str(out, self.alias.as_deref());
+        write_opt_str(out, self.username.as_deref());
+    }
+
+    /// Decodes the route section.
+    pub fn decode(mut body: &[u8]) -> Result<RouteSource, DecodeError> {
+        let rest = &mut body;
+        read_array(rest, 3, "route source")?;
+        Ok(RouteSource {
+            connection_id: read_uint(rest, "route source")?,
+            alias: read_opt_str(rest, "route source")?.map(str::to_string),
+            username: read_opt_str(rest, "route source")?.map(str::to_string),
+        })
+    }
+}
+
+/// Encodes a route target section: `[alias]`.
+pub fn encode_route_target(out: &mut BytesMut, alias: &str) {
+    let mut w = out.writer();
+    let _ = enc::write_array_len(&mut w, 1);
+    let _ = enc::write_str(&mut w, alias);
+}
+
+/// Decodes a route target section.
+pub fn decode_route_target(mut body: &[u8]) -> Result<&str, DecodeError> {
+    let rest = &mut body;
+    read_array(rest, 1, "route target")?;
+    read_str(rest, "route target")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_head_round_trip() {
+        let mut out = BytesMut::new();
+        CallHead::encode_start(&mut out, "users", "hello");
+        codec::encode_into(&mut out, &("World",)).unwrap();
+        CallHead::encode_tail(&mut out, Some(1500), 64);
+        let head = CallHead::decode(&out, 64).unwrap();
+        assert_eq!(head.controller, "users");
+        assert_eq!(head.action, "hello");
+        assert_eq!(head.args, &b"\x91\xa5World"[..]);
+        assert_eq!(head.timeout_ms, Some(1500));
+        assert_eq!(head.window, 64);
+    }
+
+    #[test]
+    fn error_round_trip_keeps_every_field() {
+        let e = RpcError::from_parts(
+            ErrorKind::Remote,
+            "cannot save".into(),
+            Some("@error:x".into()),
+            Some(Bytes::from_static(b"\x80")),
+            Some("c-1".into()),
+        );
+        let mut out = BytesMut::new();
+        encode_error(&mut out, &e);
+        assert_eq!(decode_error(&out.freeze()).unwrap(), e);
+        let plain = RpcError::not_found("no such action");
+        let mut out = BytesMut::new();
+        encode_error(&mut out, &plain);
+        assert_eq!(decode_error(&out.freeze()).unwrap(), plain);
+    }
+
+    #[test]
+    fn hello_negotiates_the_common_version() {
+        let mut out = BytesMut::new();
+        Hello {
+            min_version: 1,
+            max_version: 7,
+            connection_id: 9,
+            max_calls: 5,
+        }
+        .encode(&mut out);
+        let h = Hello::decode(&out).unwrap();
+        assert_eq!(h.negotiate(), Some(1));
+        assert_eq!((h.connection_id, h.max_calls), (9, 5));
+        assert_eq!(
+            Hello {
+                min_version: 2,
+                max_version: 3,
+                connection_id: 0,
+                max_calls: 1
+            }
+            .negotiate(),
+            None
+        );
+    }
+
+    #[test]
+    fn goaway_and_route_round_trip() {
+        let g = GoAway {
+            code: GoAwayCode::SlowConsumer,
+            reason: "slow consumer".into(),
+        };
+        let mut out = BytesMut::new();
+        g.encode(&mut out);
+        assert_eq!(GoAway::decode(&out).unwrap(), g);
+        let s = RouteSource {
+            connection_id: 4,
+            alias: Some("a".into()),
+            username: None,
+        };
+        let mut out = BytesMut::new();
+        s.encode(&mut out);
+        assert_eq!(RouteSource::decode(&out).unwrap(), s);
+        let mut out = BytesMut::new();
+        encode_route_target(&mut out, "printer-1");
+        assert_eq!(decode_route_target(&out).unwrap(), "printer-1");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for body in [
+            &b""[..],
+            b"\x90",
+            b"\x95\xa1a",
+            b"\xc1",
+            b"\x93\x01\x02\x03",
+        ] {
+            assert!(CallHead::decode(body, 64).is_err());
+            assert!(decode_error(&Bytes::copy_from_slice(body)).is_err());
+            assert!(GoAway::decode(body).is_err());
+            assert!(Hello::decode(body).is_err());
+        }
+    }
+}

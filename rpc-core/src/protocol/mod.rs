@@ -1,0 +1,12 @@
+//! The wire protocol, with no I/O: frames ([`frame`]), message bodies ([`message`]) and the
+//! MessagePack rules every body obeys ([`codec`]).
+//!
+//! `PROTOCOL.md` at the repository root is the specification; this module is its one
+//! implementation. Nothing here touches a socket or a clock, so every rule is unit-tested
+//! with plain byte slices.
+
+pub mod codec;
+pub mod frame;
+pub mod message;
+
+pub use frame::{Frame, FrameDecoder, FrameError, Kind};

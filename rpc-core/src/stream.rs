@@ -1,0 +1,217 @@
+//! [`RpcStream`]: a typed stream of items, on either side of a call.
+//!
+//! On the server an action returns one, built from any `Stream` ([`RpcStream::new`]), a
+//! fallible stream ([`RpcStream::try_new`]) or a `watch` channel (`From`: Deepkit's
+//! BehaviorSubject). On the client the call resolves to one once the server accepted the
+//! subscription; it yields `Result<T, RpcError>` items, ends at completion, yields one `Err`
+//! and ends on failure, and unsubscribes when dropped.
+//!
+//! Flow control: the server sends at most a window of items (default
+//! [`Limits::stream_window`](crate::Limits)) beyond what the client has consumed; the client
+//! grants more credit as it consumes. An unread stream stalls only its own producer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+
+use crate::connection::ConnShared;
+use crate::error::RpcError;
+use crate::kernel::controller::ActionError;
+use crate::kernel::responder::hidden_failure;
+use crate::protocol::codec;
+use crate::protocol::frame::{Frame, Kind};
+use crate::protocol::message;
+
+type LocalStream<T> = Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>;
+
+/// A stream of `Result<T, RpcError>`. See the module docs.
+///
+/// ```
+/// use futures::StreamExt;
+/// use rpc_core::RpcStream;
+///
+/// # tokio_test();
+/// # fn tokio_test() {
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let mut numbers = RpcStream::new(futures::stream::iter([1, 2, 3]));
+/// assert_eq!(numbers.next().await.unwrap().unwrap(), 1);
+///
+/// let (tx, rx) = tokio::sync::watch::channel(10);
+/// let mut latest = RpcStream::from(rx);
+/// assert_eq!(latest.next().await.unwrap().unwrap(), 10); // the current value first
+/// tx.send(11).unwrap();
+/// assert_eq!(latest.next().await.unwrap().unwrap(), 11); // then each change
+/// # });
+/// # }
+/// ```
+pub struct RpcStream<T> {
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Local(LocalStream<T>),
+    Remote(RemoteStream<T>),
+}
+
+impl<T: Send + 'static> RpcStream<T> {
+    /// A stream of the items of `stream`.
+    pub fn new<S: Stream<Item = T> + Send + 'static>(stream: S) -> RpcStream<T> {
+        use futures::StreamExt;
+        RpcStream {
+            inner: Inner::Local(Box::pin(stream.map(Ok))),
+        }
+    }
+
+    /// A stream that ends with the first `Err`, typed as an action's error would be (declared
+    /// errors travel whole, others are hidden behind `Internal`).
+    pub fn try_new<S, E>(stream: S) -> RpcStream<T>
+    where
+        S: Stream<Item = Result<T, E>> + Send + 'static,
+        E: ActionError,
+    {
+        use futures::StreamExt;
+        let mapped = stream.map(|item| {
+            item.map_err(|e| match e.into_rpc_error() {
+                Ok(e) => e,
+                Err(detail) => hidden_failure(&detail, "stream", "item"),
+            })
+        });
+        RpcStream {
+            inner: Inner::Local(Box::pin(mapped)),
+        }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> From<watch::Receiver<T>> for RpcStream<T> {
+    fn from(rx: watch::Receiver<T>) -> RpcStream<T> {
+        let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let value = rx.borrow_and_update().clone();
+            Some((Ok(value), (rx, false)))
+        });
+        RpcStream {
+            inner: Inner::Local(Box::pin(stream)),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> RpcStream<T> {
+    pub(crate) fn remote(
+        rx: mpsc::UnboundedReceiver<Frame>,
+        conn: Arc<ConnShared>,
+        id: u32,
+        window: u32,
+        slot: OwnedSemaphorePermit,
+    ) -> RpcStream<T> {
+        RpcStream {
+            inner: Inner::Remote(RemoteStream {
+                rx,
+                conn,
+                id,
+                window,
+                consumed: 0,
+                done: false,
+                slot: Some(slot),
+                decode: |body| codec::decode_value::<T>(body),
+            }),
+        }
+    }
+}
+
+impl<T> Stream for RpcStream<T> {
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.get_mut().inner {
+            Inner::Local(s) => s.as_mut().poll_next(cx),
+            Inner::Remote(r) => r.poll_next(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for RpcStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Local(_) => f.write_str("RpcStream(local)"),
+            Inner::Remote(r) => write!(f, "RpcStream(remote call {})", r.id),
+        }
+    }
+}
+
+/// The client's end of a server stream.
+struct RemoteStream<T> {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    conn: Arc<ConnShared>,
+    id: u32,
+    window: u32,
+    consumed: u32,
+    done: bool,
+    /// The calls-in-flight slot this stream holds until it ends.
+    slot: Option<OwnedSemaphorePermit>,
+    /// Decodes an item (the stream type itself needs no `DeserializeOwned` bound, so the
+    /// server can hold `RpcStream<T>` for any serializable `T`).
+    decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
+}
+
+impl<T> RemoteStream<T> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>> {
+        if self.done {
+            self.slot = None;
+            return Poll::Ready(None);
+        }
+        let frame = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(frame)) => frame,
+            Poll::Ready(None) => {
+                self.done = true;
+                return Poll::Ready(Some(Err(self.conn.disconnect_error())));
+            }
+        };
+        match frame.kind {
+            Kind::Item => {
+                self.consumed += 1;
+                if self.consumed >= (self.window / 2).max(1) {
+                    self.conn.send_credit(self.id, self.consumed);
+                    self.consumed = 0;
+                }
+                let item = (self.decode)(&frame.body)
+                    .map_err(|e| RpcError::protocol(format!("a stream item did not decode: {e}")));
+                Poll::Ready(Some(item))
+            }
+            Kind::End => {
+                self.done = true;
+                self.slot = None;
+                Poll::Ready(None)
+            }
+            Kind::Error => {
+                self.done = true;
+                self.slot = None;
+                let e = message::decode_error(&frame.body)
+                    .unwrap_or_else(|e| RpcError::protocol(format!("malformed error: {e}")));
+                Poll::Ready(Some(Err(e)))
+            }
+            other => {
+                self.done = true;
+                Poll::Ready(Some(Err(RpcError::protocol(format!(
+                    "unexpected {other:?} frame on a stream"
+                )))))
+            }
+        }
+    }
+}
+
+impl<T> Drop for RemoteStream<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Unsubscribe: the server drops its producer.
+            self.conn.cancel_outbound(self.id);
+        }
+    }
+}

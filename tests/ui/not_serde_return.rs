@@ -1,0 +1,10 @@
+use rpc_core::controller;
+
+pub struct Handle(u64);
+
+#[controller("files")]
+pub trait Files {
+    async fn open(&self, path: String) -> Handle;
+}
+
+fn main() {}
