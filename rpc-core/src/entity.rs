@@ -167,11 +167,9 @@ impl TypeRegistry {
         let type_name = std::any::type_name::<T>();
         match self.by_name.get(T::ENTITY_NAME) {
             Some((existing, _)) if *existing == id => Ok(()),
-            Some((_, first)) => Err(DuplicateEntity {
-                name: T::ENTITY_NAME,
-                first,
-                second: type_name,
-            }),
+            Some((_, first)) => {
+                Err(DuplicateEntity { name: T::ENTITY_NAME, first, second: type_name })
+            }
             None => {
                 self.by_name.insert(T::ENTITY_NAME, (id, type_name));
                 Ok(())

@@ -129,13 +129,7 @@ pub struct RpcError {
 impl RpcError {
     /// An error of `kind` with a message saying what happened.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RpcError {
-        RpcError {
-            kind,
-            message: message.into(),
-            name: None,
-            payload: None,
-            correlation_id: None,
-        }
+        RpcError { kind, message: message.into(), name: None, payload: None, correlation_id: None }
     }
 
     /// Authentication failed or is required (for [`Security::authenticate`](crate::Security)).
@@ -223,13 +217,7 @@ impl RpcError {
         payload: Option<Bytes>,
         correlation_id: Option<String>,
     ) -> RpcError {
-        RpcError {
-            kind,
-            message,
-            name,
-            payload,
-            correlation_id,
-        }
+        RpcError { kind, message, name, payload, correlation_id }
     }
 
     /// What went wrong, to match on.

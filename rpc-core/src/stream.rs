@@ -62,9 +62,7 @@ impl<T: Send + 'static> RpcStream<T> {
     /// A stream of the items of `stream`.
     pub fn new<S: Stream<Item = T> + Send + 'static>(stream: S) -> RpcStream<T> {
         use futures::StreamExt;
-        RpcStream {
-            inner: Inner::Local(Box::pin(stream.map(Ok))),
-        }
+        RpcStream { inner: Inner::Local(Box::pin(stream.map(Ok))) }
     }
 
     /// A stream that ends with the first `Err`, typed as an action's error would be (declared
@@ -81,9 +79,7 @@ impl<T: Send + 'static> RpcStream<T> {
                 Err(detail) => hidden_failure(&detail, "stream", "item"),
             })
         });
-        RpcStream {
-            inner: Inner::Local(Box::pin(mapped)),
-        }
+        RpcStream { inner: Inner::Local(Box::pin(mapped)) }
     }
 }
 
@@ -96,9 +92,7 @@ impl<T: Clone + Send + Sync + 'static> From<watch::Receiver<T>> for RpcStream<T>
             let value = rx.borrow_and_update().clone();
             Some((Ok(value), (rx, false)))
         });
-        RpcStream {
-            inner: Inner::Local(Box::pin(stream)),
-        }
+        RpcStream { inner: Inner::Local(Box::pin(stream)) }
     }
 }
 

@@ -23,30 +23,10 @@ impl Drop for DropFlag {
 }
 
 const ACTIONS: &[ActionInfo] = &[
-    ActionInfo {
-        name: "add",
-        groups: &[],
-        data: &[],
-        kind: ActionKind::Unary,
-    },
-    ActionInfo {
-        name: "sleep",
-        groups: &[],
-        data: &[],
-        kind: ActionKind::Unary,
-    },
-    ActionInfo {
-        name: "boom",
-        groups: &[],
-        data: &[],
-        kind: ActionKind::Unary,
-    },
-    ActionInfo {
-        name: "count",
-        groups: &[],
-        data: &[],
-        kind: ActionKind::ServerStream,
-    },
+    ActionInfo { name: "add", groups: &[], data: &[], kind: ActionKind::Unary },
+    ActionInfo { name: "sleep", groups: &[], data: &[], kind: ActionKind::Unary },
+    ActionInfo { name: "boom", groups: &[], data: &[], kind: ActionKind::Unary },
+    ActionInfo { name: "count", groups: &[], data: &[], kind: ActionKind::ServerStream },
 ];
 
 impl Controller for Calc {
@@ -95,9 +75,7 @@ impl Controller for Calc {
                 let n: u32 = args.next("n")?;
                 args.finish()?;
                 Ok(Box::pin(async move {
-                    responder
-                        .reply_stream(RpcStream::new(futures::stream::iter(0..n)))
-                        .await
+                    responder.reply_stream(RpcStream::new(futures::stream::iter(0..n))).await
                 }))
             }
             _ => Err(RpcError::not_found("no such action")),
@@ -133,9 +111,7 @@ impl CalcClient {
 fn setup() -> (RpcKernel, RpcDirectClient, Arc<AtomicUsize>) {
     let dropped = Arc::new(AtomicUsize::new(0));
     let kernel = RpcKernel::new();
-    kernel.register(Calc {
-        dropped: dropped.clone(),
-    });
+    kernel.register(Calc { dropped: dropped.clone() });
     let client = RpcDirectClient::new(&kernel);
     (kernel, client, dropped)
 }
@@ -190,21 +166,10 @@ async fn dropping_a_call_drops_the_handler() {
 async fn timeouts_and_streams() {
     let (_kernel, client, _) = setup();
     let calc = client.controller::<CalcClient>();
-    let slow = CalcClient {
-        target: calc.target.with_timeout(Duration::from_millis(50)),
-    };
-    assert_eq!(
-        slow.sleep(5_000).await.unwrap_err().kind(),
-        ErrorKind::Timeout
-    );
+    let slow = CalcClient { target: calc.target.with_timeout(Duration::from_millis(50)) };
+    assert_eq!(slow.sleep(5_000).await.unwrap_err().kind(), ErrorKind::Timeout);
 
-    let items: Vec<u32> = calc
-        .count(1000)
-        .await
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let items: Vec<u32> = calc.count(1000).await.unwrap().map(|r| r.unwrap()).collect().await;
     assert_eq!(items, (0..1000).collect::<Vec<_>>());
 }
 

@@ -52,19 +52,12 @@ fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
 /// The `name = "..."` of the `#[entity(...)]` attributes of `input`.
 fn entity_name(input: &DeriveInput) -> syn::Result<LitStr> {
     let mut name: Option<LitStr> = None;
-    for attr in input
-        .attrs
-        .iter()
-        .filter(|attr| attr.path().is_ident("entity"))
-    {
+    for attr in input.attrs.iter().filter(|attr| attr.path().is_ident("entity")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
                 let value: LitStr = meta.value()?.parse()?;
                 if value.value().is_empty() {
-                    return Err(syn::Error::new_spanned(
-                        &value,
-                        "an entity name cannot be empty",
-                    ));
+                    return Err(syn::Error::new_spanned(&value, "an entity name cannot be empty"));
                 }
                 if name.is_some() {
                     return Err(meta.error("the entity name is given twice"));

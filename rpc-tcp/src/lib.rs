@@ -91,9 +91,7 @@ impl RpcTcpServer {
         let connections = std::mem::take(&mut *accepted.lock());
         let deadline = self.shutdown_timeout;
         futures_join_all(
-            connections
-                .into_iter()
-                .map(|c| async move { c.shutdown(deadline).await }),
+            connections.into_iter().map(|c| async move { c.shutdown(deadline).await }),
         )
         .await;
         Ok(())
@@ -107,11 +105,8 @@ impl RpcTcpServer {
                 tracing::debug!(%remote, "TCP_NODELAY could not be set: {e}");
             }
             let (read, write) = stream.into_split();
-            let info = TransportInfo {
-                remote_addr: Some(remote),
-                kind: "tcp",
-                peer_identity: None,
-            };
+            let info =
+                TransportInfo { remote_addr: Some(remote), kind: "tcp", peer_identity: None };
             match kernel.accept(ByteStream::new(read, write, info)).await {
                 Ok(conn) => {
                     let mut list = accepted.lock();
@@ -150,16 +145,10 @@ impl<A: ToSocketAddrs + Clone + Send + Sync + 'static> Connector for TcpConnecto
                     RpcError::disconnected(format!("connecting timed out after {timeout:?}"))
                 })?
                 .map_err(|e| RpcError::disconnected(format!("could not connect: {e}")))?;
-            stream
-                .set_nodelay(true)
-                .map_err(|e| RpcError::disconnected(e.to_string()))?;
+            stream.set_nodelay(true).map_err(|e| RpcError::disconnected(e.to_string()))?;
             let remote = stream.peer_addr().ok();
             let (read, write) = stream.into_split();
-            let info = TransportInfo {
-                remote_addr: remote,
-                kind: "tcp",
-                peer_identity: None,
-            };
+            let info = TransportInfo { remote_addr: remote, kind: "tcp", peer_identity: None };
             kernel.dial(ByteStream::new(read, write, info)).await
         })
     }
@@ -204,9 +193,7 @@ impl RpcTcpClient {
         A: ToSocketAddrs + Clone + Send + Sync + 'static,
     {
         let timeout = limits.handshake_timeout;
-        RpcTcpClient {
-            client: RpcClient::with_limits(TcpConnector { addr, timeout }, limits),
-        }
+        RpcTcpClient { client: RpcClient::with_limits(TcpConnector { addr, timeout }, limits) }
     }
 
     /// The underlying client.

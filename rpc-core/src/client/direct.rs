@@ -23,9 +23,9 @@ impl Connector for MemoryConnector {
             match accepting.await {
                 Ok(Ok(_)) => Ok(conn),
                 Ok(Err(e)) => Err(e),
-                Err(e) => Err(RpcError::disconnected(format!(
-                    "the in-memory server task failed: {e}"
-                ))),
+                Err(e) => {
+                    Err(RpcError::disconnected(format!("the in-memory server task failed: {e}")))
+                }
             }
         })
     }
@@ -50,10 +50,13 @@ pub struct RpcDirectClient {
 impl RpcDirectClient {
     /// A client of `kernel` (connects on the first call).
     pub fn new(kernel: &RpcKernel) -> RpcDirectClient {
+        RpcDirectClient::with_limits(kernel, crate::Limits::default())
+    }
+
+    /// A client of `kernel` whose own side enforces `limits` (call timeout, ...).
+    pub fn with_limits(kernel: &RpcKernel, limits: crate::Limits) -> RpcDirectClient {
         RpcDirectClient {
-            client: RpcClient::new(MemoryConnector {
-                server: kernel.clone(),
-            }),
+            client: RpcClient::with_limits(MemoryConnector { server: kernel.clone() }, limits),
         }
     }
 }

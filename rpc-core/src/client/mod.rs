@@ -81,9 +81,7 @@ pub struct RpcClient {
 
 impl std::fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcClient")
-            .field("state", &*self.inner.state.borrow())
-            .finish()
+        f.debug_struct("RpcClient").field("state", &*self.inner.state.borrow()).finish()
     }
 }
 
@@ -158,11 +156,9 @@ impl RpcClient {
         let conn = self.inner.current.lock().take();
         if let Some(conn) = conn {
             conn.close();
-            self.inner
-                .state
-                .send_replace(ConnectionState::Disconnected(RpcError::disconnected(
-                    "disconnected by the application",
-                )));
+            self.inner.state.send_replace(ConnectionState::Disconnected(RpcError::disconnected(
+                "disconnected by the application",
+            )));
         }
     }
 
@@ -191,30 +187,21 @@ impl RpcClient {
         if let Some(old) = existing {
             self.lost(&old, old.shared.disconnect_error());
         }
-        let conn = self
-            .inner
-            .connector
-            .connect(self.inner.kernel.clone())
-            .await
-            .map_err(|e| {
-                if e.kind() == ErrorKind::Disconnected {
-                    e
-                } else {
-                    RpcError::disconnected(e.to_string())
-                }
-            })?;
+        let conn = self.inner.connector.connect(self.inner.kernel.clone()).await.map_err(|e| {
+            if e.kind() == ErrorKind::Disconnected {
+                e
+            } else {
+                RpcError::disconnected(e.to_string())
+            }
+        })?;
         if let Err(e) = self.authenticate(&conn, generation).await {
             conn.shared.close(e.clone(), None);
-            self.inner
-                .state
-                .send_replace(ConnectionState::Disconnected(e.clone()));
+            self.inner.state.send_replace(ConnectionState::Disconnected(e.clone()));
             return Err(e);
         }
         *self.inner.current.lock() = Some(conn.clone());
         let made = self.inner.connections_made.fetch_add(1, Ordering::AcqRel) + 1;
-        self.inner
-            .state
-            .send_replace(ConnectionState::Connected(made));
+        self.inner.state.send_replace(ConnectionState::Connected(made));
         self.watch_close(&conn);
         let hooks = self.inner.on_connect.lock().clone();
         for hook in hooks {
@@ -238,20 +225,15 @@ impl RpcClient {
         let token = self.inner.token.lock().clone();
         if let Some(token) = token {
             let timeout = conn.shared.limits.auth_timeout;
-            conn.shared
-                .authenticate(&token, timeout)
-                .await
-                .map_err(|e| {
-                    if e.kind() == ErrorKind::Unauthenticated {
-                        e
-                    } else {
-                        RpcError::unauthenticated(e.to_string())
-                    }
-                })?;
+            conn.shared.authenticate(&token, timeout).await.map_err(|e| {
+                if e.kind() == ErrorKind::Unauthenticated {
+                    e
+                } else {
+                    RpcError::unauthenticated(e.to_string())
+                }
+            })?;
         }
-        conn.shared
-            .auth_generation
-            .store(generation, Ordering::Release);
+        conn.shared.auth_generation.store(generation, Ordering::Release);
         Ok(())
     }
 
@@ -263,9 +245,7 @@ impl RpcClient {
         {
             *current = None;
             drop(current);
-            self.inner
-                .state
-                .send_replace(ConnectionState::Disconnected(reason));
+            self.inner.state.send_replace(ConnectionState::Disconnected(reason));
         }
     }
 

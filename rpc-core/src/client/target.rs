@@ -47,19 +47,11 @@ impl std::fmt::Debug for CallTarget {
 
 impl CallTarget {
     pub(crate) fn client(client: RpcClient) -> CallTarget {
-        CallTarget {
-            via: Via::Client(client),
-            route: None,
-            timeout: None,
-        }
+        CallTarget { via: Via::Client(client), route: None, timeout: None }
     }
 
     pub(crate) fn connection(conn: Connection) -> CallTarget {
-        CallTarget {
-            via: Via::Connection(conn),
-            route: None,
-            timeout: None,
-        }
+        CallTarget { via: Via::Connection(conn), route: None, timeout: None }
     }
 
     #[allow(dead_code)]
@@ -70,10 +62,7 @@ impl CallTarget {
 
     /// The same target with calls timing out after `timeout`.
     pub fn with_timeout(&self, timeout: Duration) -> CallTarget {
-        CallTarget {
-            timeout: Some(timeout),
-            ..self.clone()
-        }
+        CallTarget { timeout: Some(timeout), ..self.clone() }
     }
 
     async fn connection_and_timeout(
@@ -95,8 +84,7 @@ impl CallTarget {
         args: &A,
     ) -> Result<R, RpcError> {
         let (conn, timeout) = self.connection_and_timeout().await?;
-        conn.call(controller, action, args, self.route.as_deref(), timeout)
-            .await
+        conn.call(controller, action, args, self.route.as_deref(), timeout).await
     }
 
     /// Calls a streaming action; resolves once the other side accepted the subscription.
@@ -107,7 +95,6 @@ impl CallTarget {
         args: &A,
     ) -> Result<RpcStream<T>, RpcError> {
         let (conn, timeout) = self.connection_and_timeout().await?;
-        conn.call_stream(controller, action, args, self.route.as_deref(), timeout)
-            .await
+        conn.call_stream(controller, action, args, self.route.as_deref(), timeout).await
     }
 }

@@ -106,18 +106,11 @@ impl ConnShared {
         timeout: Duration,
     ) -> Result<R, RpcError> {
         let deadline = Instant::now() + timeout;
-        let _slot = self
-            .acquire_slot(deadline, controller, action, timeout)
-            .await?;
+        let _slot = self.acquire_slot(deadline, controller, action, timeout).await?;
         let id = self.alloc_id()?;
         let (tx, rx) = oneshot::channel();
         self.register(id, Pending::Unary(tx))?;
-        let mut guard = CallGuard {
-            conn: self,
-            id,
-            armed: true,
-            sent: false,
-        };
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
         self.push_call(id, controller, action, args, route, timeout, 0)?;
         guard.sent = true;
         let frame = match tokio::time::timeout_at(deadline, rx).await {
@@ -156,12 +149,7 @@ impl ConnShared {
         let id = self.alloc_id()?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.register(id, Pending::Stream(tx))?;
-        let mut guard = CallGuard {
-            conn: self,
-            id,
-            armed: true,
-            sent: false,
-        };
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
         let window = self.limits.stream_window.max(1);
         self.push_call(id, controller, action, args, route, timeout, window)?;
         guard.sent = true;
@@ -185,9 +173,7 @@ impl ConnShared {
             Kind::Reply => Err(RpcError::protocol(format!(
                 "`{controller}.{action}` answered with a value, not a stream: the two sides disagree on its signature"
             ))),
-            other => Err(RpcError::protocol(format!(
-                "unexpected {other:?} before StreamOpen"
-            ))),
+            other => Err(RpcError::protocol(format!("unexpected {other:?} before StreamOpen"))),
         }
     }
 
@@ -215,12 +201,7 @@ impl ConnShared {
         let id = self.alloc_id()?;
         let (tx, rx) = oneshot::channel();
         self.register(id, Pending::Unary(tx))?;
-        let mut guard = CallGuard {
-            conn: self,
-            id,
-            armed: true,
-            sent: false,
-        };
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
         self.outbox
             .push(Kind::Auth, id, None, |buf| {
                 buf.extend_from_slice(token.raw());

@@ -31,9 +31,7 @@ async fn read_first_frame<R: TransportReader>(
             decoder.reserve_for_read();
             match reader.read(decoder.buffer()).await {
                 Ok(0) => {
-                    return Err(RpcError::disconnected(
-                        "the remote closed during the handshake",
-                    ));
+                    return Err(RpcError::disconnected("the remote closed during the handshake"));
                 }
                 Ok(_) => {}
                 Err(e) => return Err(RpcError::disconnected(format!("handshake: {e}"))),
@@ -64,30 +62,18 @@ fn hello_bytes(connection_id: u64, max_calls: usize) -> bytes::Bytes {
 fn goaway_bytes(code: GoAwayCode, reason: &str) -> bytes::Bytes {
     let mut out = BytesMut::new();
     let start = frame::begin_frame(&mut out, Kind::GoAway, 0, None);
-    GoAway {
-        code,
-        reason: reason.into(),
-    }
-    .encode(&mut out);
+    GoAway { code, reason: reason.into() }.encode(&mut out);
     frame::finish_frame(&mut out, start);
     out.freeze()
 }
 
 fn check_hello(frame: &frame::Frame) -> Result<Hello, (GoAwayCode, String)> {
     if frame.kind == Kind::GoAway {
-        let reason = GoAway::decode(&frame.body)
-            .map(|g| g.reason)
-            .unwrap_or_default();
-        return Err((
-            GoAwayCode::Normal,
-            format!("the remote refused the connection: {reason}"),
-        ));
+        let reason = GoAway::decode(&frame.body).map(|g| g.reason).unwrap_or_default();
+        return Err((GoAwayCode::Normal, format!("the remote refused the connection: {reason}")));
     }
     if frame.kind != Kind::Hello {
-        return Err((
-            GoAwayCode::ProtocolError,
-            format!("expected Hello, got {:?}", frame.kind),
-        ));
+        return Err((GoAwayCode::ProtocolError, format!("expected Hello, got {:?}", frame.kind)));
     }
     let hello = Hello::decode(&frame.body)
         .map_err(|e| (GoAwayCode::ProtocolError, format!("malformed Hello: {e}")))?;
@@ -112,21 +98,13 @@ pub(crate) async fn dial<T: Transport>(
     let limits = kernel.limits();
     let info = transport.info();
     let (mut reader, mut writer) = transport.split();
-    writer
-        .write(hello_bytes(0, limits.max_calls_in_flight))
-        .await?;
+    writer.write(hello_bytes(0, limits.max_calls_in_flight)).await?;
     let mut decoder = FrameDecoder::new(limits.frame_limit());
     decoder.set_reservation(limits.read_reservation);
     let first = read_first_frame(&mut reader, &mut decoder, limits.handshake_timeout).await?;
     let hello = check_hello(&first).map_err(|(_, reason)| RpcError::disconnected(reason))?;
-    let shared = ConnShared::new(
-        hello.connection_id,
-        Role::Dialer,
-        info,
-        kernel,
-        limits,
-        hello.max_calls,
-    );
+    let shared =
+        ConnShared::new(hello.connection_id, Role::Dialer, info, kernel, limits, hello.max_calls);
     start_loops(&shared, reader, writer, decoder);
     Ok(Connection { shared })
 }
@@ -151,21 +129,10 @@ pub(crate) async fn accept<T: Transport>(
         }
     };
     let id = kernel.next_connection_id();
-    writer
-        .write(hello_bytes(id, limits.max_calls_in_flight))
-        .await?;
+    writer.write(hello_bytes(id, limits.max_calls_in_flight)).await?;
     decoder.set_limit(limits.frame_limit());
-    let shared = ConnShared::new(
-        id,
-        Role::Acceptor,
-        info,
-        kernel.clone(),
-        limits,
-        hello.max_calls,
-    );
-    let connection = Connection {
-        shared: shared.clone(),
-    };
+    let shared = ConnShared::new(id, Role::Acceptor, info, kernel.clone(), limits, hello.max_calls);
+    let connection = Connection { shared: shared.clone() };
     kernel.connection_opened(&connection);
     start_loops(&shared, reader, writer, decoder);
     Ok(connection)

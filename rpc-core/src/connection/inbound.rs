@@ -66,20 +66,15 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     if frame.route.is_some() {
         return conn.send_error(
             id,
-            &RpcError::new(
-                ErrorKind::PeerNotFound,
-                "this server does not route peer calls",
-            ),
+            &RpcError::new(ErrorKind::PeerNotFound, "this server does not route peer calls"),
         );
     }
     let depth = conn.limits.depth_limit();
     let head = match CallHead::decode(&frame.body, depth) {
         Ok(head) => head,
         Err(e) => {
-            return conn.send_error(
-                id,
-                &RpcError::bad_arguments(format!("the call did not decode: {e}")),
-            );
+            return conn
+                .send_error(id, &RpcError::bad_arguments(format!("the call did not decode: {e}")));
         }
     };
     let resolved = match conn.kernel.resolve(conn, head.controller, head.action) {
@@ -97,18 +92,11 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     // The argument bytes stay in the receive buffer they arrived in: no copy.
     let args_start = head.args.as_ptr() as usize - frame.body.as_ptr() as usize;
     let args = frame.body.slice(args_start..args_start + head.args.len());
-    let deadline = head
-        .timeout_ms
-        .map(|ms| Duration::from_millis(ms).min(conn.limits.max_call_timeout));
+    let deadline =
+        head.timeout_ms.map(|ms| Duration::from_millis(ms).min(conn.limits.max_call_timeout));
     let credit = resolved.action.kind.streams_out().then(|| {
-        let window = if head.window == 0 {
-            conn.limits.stream_window
-        } else {
-            head.window
-        };
-        Arc::new(Semaphore::new(
-            window.min(Semaphore::MAX_PERMITS as u32) as usize
-        ))
+        let window = if head.window == 0 { conn.limits.stream_window } else { head.window };
+        Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS as u32) as usize))
     });
 
     let mut table = conn.inbound.lock();
@@ -127,26 +115,16 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         );
     }
     conn.kernel.stats_call_started();
-    let guard = SlotGuard {
-        conn: conn.clone(),
-        id,
-    };
+    let guard = SlotGuard { conn: conn.clone(), id };
     let ctx = Context {
-        connection: crate::Connection {
-            shared: conn.clone(),
-        },
+        connection: crate::Connection { shared: conn.clone() },
         session: conn.session.read().clone(),
         controller: resolved.controller_name,
         action: resolved.action,
         call_id: id,
         source: None,
     };
-    let responder = Responder {
-        conn: conn.clone(),
-        id,
-        ctx,
-        credit: credit.clone(),
-    };
+    let responder = Responder { conn: conn.clone(), id, ctx, credit: credit.clone() };
     let task = tokio::spawn(run_call(
         guard,
         resolved.controller,
@@ -155,13 +133,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         responder,
         deadline,
     ));
-    table.insert(
-        id,
-        Inbound {
-            abort: Some(task.abort_handle()),
-            credit,
-        },
-    );
+    table.insert(id, Inbound { abort: Some(task.abort_handle()), credit });
 }
 
 /// The body of a call's task.
@@ -279,10 +251,7 @@ pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
         Err(_) => return conn.protocol_error(frame.id, "malformed Credit"),
     };
     let table = conn.inbound.lock();
-    if let Some(Inbound {
-        credit: Some(credit),
-        ..
-    }) = table.get(&frame.id)
+    if let Some(Inbound { credit: Some(credit), .. }) = table.get(&frame.id)
         && credit.available_permits() + n <= Semaphore::MAX_PERMITS
     {
         credit.add_permits(n);
@@ -310,9 +279,9 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
                 let name = session.username().to_string();
                 *conn.session.write() = Arc::new(session);
                 tracing::debug!(connection = conn.id, user = %name, elapsed = ?started.elapsed(), "authenticated");
-                let _ = conn.outbox.push(Kind::Reply, id, None, |buf| {
-                    codec::encode_into(buf, &(name,))
-                });
+                let _ = conn
+                    .outbox
+                    .push(Kind::Reply, id, None, |buf| codec::encode_into(buf, &(name,)));
             }
             Err(e) => {
                 tracing::info!(connection = conn.id, reason = %e, "authentication failed");

@@ -253,13 +253,7 @@ impl ConnShared {
             }
             _ => RpcError::protocol(reason.to_string()),
         };
-        self.close(
-            error,
-            Some(GoAway {
-                code,
-                reason: reason.to_string(),
-            }),
-        );
+        self.close(error, Some(GoAway { code, reason: reason.to_string() }));
     }
 
     /// Handles one received frame. Never awaits: work that waits runs in its own task.
@@ -384,8 +378,7 @@ impl Connection {
 
     /// Closes the connection; calls in flight on it fail with `Disconnected`.
     pub fn close(&self) {
-        self.shared
-            .close_with_goaway(GoAwayCode::Normal, "closed by the application");
+        self.shared.close_with_goaway(GoAwayCode::Normal, "closed by the application");
     }
 
     /// Waits until the connection is closed.
@@ -421,10 +414,7 @@ impl Connection {
 
     /// Calls this side has outstanding and calls the remote has running here.
     pub fn calls_in_flight(&self) -> (usize, usize) {
-        (
-            self.shared.outbound.lock().len(),
-            self.shared.inbound.lock().len(),
-        )
+        (self.shared.outbound.lock().len(), self.shared.inbound.lock().len())
     }
 }
 

@@ -208,9 +208,6 @@ mod tests {
         let r = outbox.push_raw(Kind::Item, 1, None, &[0; 32]);
         assert!(matches!(r, Err(PushError::Overflow)));
         outbox.close();
-        assert!(matches!(
-            outbox.push_raw(Kind::Item, 1, None, &[]),
-            Err(PushError::Closed)
-        ));
+        assert!(matches!(outbox.push_raw(Kind::Item, 1, None, &[]), Err(PushError::Closed)));
     }
 }

@@ -99,9 +99,7 @@ impl Default for RpcKernel {
 impl std::fmt::Debug for RpcKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<_> = self.inner.registry.read().keys().copied().collect();
-        f.debug_struct("RpcKernel")
-            .field("controllers", &names)
-            .finish()
+        f.debug_struct("RpcKernel").field("controllers", &names).finish()
     }
 }
 
@@ -158,25 +156,13 @@ impl RpcKernel {
     }
 
     fn insert(&self, name: &'static str, actions: &'static [ActionInfo], source: Source) {
-        let index = actions
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.name, i))
-            .collect();
+        let index = actions.iter().enumerate().map(|(i, a)| (a.name, i)).collect();
         let mut registry = self.inner.registry.write();
         assert!(
             !registry.contains_key(name),
             "a controller named `{name}` is already registered on this kernel"
         );
-        registry.insert(
-            name,
-            Entry {
-                name,
-                actions,
-                index,
-                source,
-            },
-        );
+        registry.insert(name, Entry { name, actions, index, source });
     }
 
     /// Whether a controller of that name is registered.
@@ -228,9 +214,7 @@ impl RpcKernel {
                 match local.get(entry.name) {
                     Some(c) => c.clone(),
                     None => {
-                        let c = factory(&Connection {
-                            shared: conn.clone(),
-                        });
+                        let c = factory(&Connection { shared: conn.clone() });
                         local.insert(entry.name, c.clone());
                         c
                     }
@@ -275,10 +259,7 @@ impl RpcKernel {
         let c = &self.inner.counters;
         c.connections.fetch_add(1, Relaxed);
         c.total_connections.fetch_add(1, Relaxed);
-        self.inner
-            .connections
-            .lock()
-            .insert(conn.id(), conn.clone());
+        self.inner.connections.lock().insert(conn.id(), conn.clone());
         if conn.is_closed() {
             self.connection_closed(conn.id());
         }

@@ -62,14 +62,12 @@ impl Responder {
     /// Answers with a value.
     pub fn reply_value<T: Serialize + ?Sized>(self, value: &T) -> Replied {
         self.conn.release_inbound(self.id);
-        let pushed = self.conn.outbox.push(Kind::Reply, self.id, None, |buf| {
-            codec::encode_into(buf, value)
-        });
+        let pushed =
+            self.conn.outbox.push(Kind::Reply, self.id, None, |buf| codec::encode_into(buf, value));
         if let Err(e) = pushed {
             let e = e.into_rpc_error(self.conn.limits.frame_limit());
             self.conn.on_push_error(&e);
-            self.conn
-                .send_error(self.id, &self.conn.kernel.present_error(e));
+            self.conn.send_error(self.id, &self.conn.kernel.present_error(e));
         }
         Replied::new()
     }
@@ -85,8 +83,7 @@ impl Responder {
     /// Answers with an error.
     pub fn reply_error<E: ActionError>(self, error: E) -> Replied {
         let error = error_for_caller(error, &self.ctx);
-        self.conn
-            .answer_error(self.id, &self.conn.kernel.present_error(error));
+        self.conn.answer_error(self.id, &self.conn.kernel.present_error(error));
         Replied::new()
     }
 
@@ -102,9 +99,7 @@ impl Responder {
         if self
             .conn
             .outbox
-            .push(Kind::StreamOpen, self.id, None, |buf| {
-                codec::encode_into(buf, &0u32)
-            })
+            .push(Kind::StreamOpen, self.id, None, |buf| codec::encode_into(buf, &0u32))
             .is_err()
         {
             return Replied::new();
@@ -119,20 +114,19 @@ impl Responder {
             }
             match stream.next().await {
                 Some(Ok(item)) => {
-                    let pushed = self.conn.outbox.push(Kind::Item, self.id, None, |buf| {
-                        codec::encode_into(buf, &item)
-                    });
+                    let pushed = self
+                        .conn
+                        .outbox
+                        .push(Kind::Item, self.id, None, |buf| codec::encode_into(buf, &item));
                     if let Err(e) = pushed {
                         let e = e.into_rpc_error(self.conn.limits.frame_limit());
                         self.conn.on_push_error(&e);
-                        self.conn
-                            .answer_error(self.id, &self.conn.kernel.present_error(e));
+                        self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
                         return Replied::new();
                     }
                 }
                 Some(Err(e)) => {
-                    self.conn
-                        .answer_error(self.id, &self.conn.kernel.present_error(e));
+                    self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
                     return Replied::new();
                 }
                 None => {

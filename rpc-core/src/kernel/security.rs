@@ -40,9 +40,7 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// Encodes any serde value as a token.
     pub fn new<T: serde::Serialize + ?Sized>(value: &T) -> Result<Token, RpcError> {
-        Ok(Token {
-            raw: codec::encode_value(value)?.into(),
-        })
+        Ok(Token { raw: codec::encode_value(value)?.into() })
     }
 
     /// A token from its encoded form (as received).
@@ -106,20 +104,12 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// An authenticated session for `username`.
     pub fn new(username: impl Into<String>) -> Session {
-        Session {
-            username: username.into(),
-            anonymous: false,
-            extensions: HashMap::new(),
-        }
+        Session { username: username.into(), anonymous: false, extensions: HashMap::new() }
     }
 
     /// The session of a connection that has not authenticated.
     pub fn anonymous() -> Session {
-        Session {
-            username: "anonymous".into(),
-            anonymous: true,
-            extensions: HashMap::new(),
-        }
+        Session { username: "anonymous".into(), anonymous: true, extensions: HashMap::new() }
     }
 
     /// The user name (`"anonymous"` for an anonymous session).
@@ -139,9 +129,7 @@ impl Session {
 
     /// A typed extension.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.extensions
-            .get(&TypeId::of::<T>())
-            .and_then(|b| b.downcast_ref())
+        self.extensions.get(&TypeId::of::<T>()).and_then(|b| b.downcast_ref())
     }
 }
 
@@ -174,11 +162,7 @@ impl<'a> ControllerAccess<'a> {
 
     /// A data value of the action (`#[action(data(role = "admin"))]`).
     pub fn data(&self, key: &str) -> Option<&'static str> {
-        self.action
-            .data
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
+        self.action.data.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 }
 
@@ -297,9 +281,7 @@ impl<S: Security> DynSecurity for S {
         session: &'a Session,
         peer_id: &'a str,
     ) -> BoxFuture<'a, bool> {
-        Box::pin(Security::is_allowed_to_register_as_peer(
-            self, session, peer_id,
-        ))
+        Box::pin(Security::is_allowed_to_register_as_peer(self, session, peer_id))
     }
     fn is_allowed_to_send_to_peer<'a>(
         &'a self,

@@ -139,12 +139,7 @@ impl<'a> ArgsReader<'a> {
         let mut rest = args;
         let count = rmp::decode::read_array_len(&mut rest)
             .map_err(|_| RpcError::bad_arguments("the arguments are not a MessagePack array"))?;
-        Ok(ArgsReader {
-            rest,
-            remaining: count,
-            position: 0,
-            max_depth,
-        })
+        Ok(ArgsReader { rest, remaining: count, position: 0, max_depth })
     }
 
     /// How many arguments the caller sent.
@@ -260,10 +255,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_refused() {
-        assert_eq!(
-            decode_value::<u8>(&[0x01, 0xff, 0xff]),
-            Err(DecodeError::Trailing(2))
-        );
+        assert_eq!(decode_value::<u8>(&[0x01, 0xff, 0xff]), Err(DecodeError::Trailing(2)));
     }
 
     #[test]
@@ -277,12 +269,7 @@ mod tests {
 
         let mut r = ArgsReader::new(&args, 64).unwrap();
         r.next::<u64>("id").unwrap();
-        assert!(
-            r.finish()
-                .unwrap_err()
-                .message()
-                .contains("2 arguments sent")
-        );
+        assert!(r.finish().unwrap_err().message().contains("2 arguments sent"));
 
         let mut r = ArgsReader::new(&args, 64).unwrap();
         r.next::<u64>("id").unwrap();

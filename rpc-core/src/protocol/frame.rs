@@ -102,12 +102,7 @@ pub struct Frame {
 impl Frame {
     /// A frame with no route.
     pub fn new(kind: Kind, id: u32, body: Bytes) -> Frame {
-        Frame {
-            kind,
-            id,
-            route: None,
-            body,
-        }
+        Frame { kind, id, route: None, body }
     }
 
     /// The bytes this frame occupies on the wire, length prefix included.
@@ -187,11 +182,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder accepting frames up to `limit` bytes (length prefix excluded).
     pub fn new(limit: usize) -> FrameDecoder {
-        FrameDecoder {
-            buf: BytesMut::new(),
-            limit,
-            reservation: 64 << 10,
-        }
+        FrameDecoder { buf: BytesMut::new(), limit, reservation: 64 << 10 }
     }
 
     /// Changes the frame limit (for example once the connection authenticated).
@@ -235,9 +226,7 @@ impl FrameDecoder {
         let wanted = if self.buf.len() >= LEN_PREFIX {
             let declared =
                 u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-            (LEN_PREFIX + declared)
-                .saturating_sub(self.buf.len())
-                .clamp(1, self.reservation)
+            (LEN_PREFIX + declared).saturating_sub(self.buf.len()).clamp(1, self.reservation)
         } else {
             // Unknown size: a read of up to 8 KiB picks up several small frames at once.
             8 << 10
@@ -256,10 +245,7 @@ impl FrameDecoder {
         let declared =
             u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if declared > self.limit {
-            return Err(FrameError::TooLarge {
-                declared,
-                limit: self.limit,
-            });
+            return Err(FrameError::TooLarge { declared, limit: self.limit });
         }
         if declared < HEADER {
             return Err(FrameError::TooShort(declared));
@@ -298,12 +284,7 @@ pub fn parse_frame(mut frame: Bytes) -> Result<Frame, FrameError> {
     } else {
         None
     };
-    Ok(Frame {
-        kind,
-        id,
-        route,
-        body: frame,
-    })
+    Ok(Frame { kind, id, route, body: frame })
 }
 
 /// Writes a frame header whose length is patched later by [`finish_frame`].
@@ -362,15 +343,8 @@ mod tests {
 
     #[test]
     fn header_layout_is_big_endian_and_counts_bytes_after_prefix() {
-        let bytes = wire(&Frame::new(
-            Kind::Reply,
-            0x0102_0304,
-            Bytes::from_static(b"\xa2hi"),
-        ));
-        assert_eq!(
-            &bytes[..],
-            b"\x00\x00\x00\x09\x11\x00\x01\x02\x03\x04\xa2hi"
-        );
+        let bytes = wire(&Frame::new(Kind::Reply, 0x0102_0304, Bytes::from_static(b"\xa2hi")));
+        assert_eq!(&bytes[..], b"\x00\x00\x00\x09\x11\x00\x01\x02\x03\x04\xa2hi");
     }
 
     #[test]
@@ -385,11 +359,7 @@ mod tests {
         let mut d = FrameDecoder::new(16 << 20);
         d.buffer().extend_from_slice(&(16u32 << 20).to_be_bytes());
         d.reserve_for_read();
-        assert!(
-            d.buffer().capacity() <= 128 << 10,
-            "capacity {}",
-            d.buffer().capacity()
-        );
+        assert!(d.buffer().capacity() <= 128 << 10, "capacity {}", d.buffer().capacity());
     }
 
     #[test]

@@ -101,17 +101,9 @@ impl Hello {
         let min_version = read_uint(rest, "Hello")? as u32;
         let max_version = read_uint(rest, "Hello")? as u32;
         let connection_id = if n >= 4 { read_uint(rest, "Hello")? } else { 0 };
-        let max_calls = if n >= 5 {
-            read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32
-        } else {
-            100
-        };
-        Ok(Hello {
-            min_version,
-            max_version,
-            connection_id,
-            max_calls,
-        })
+        let max_calls =
+            if n >= 5 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 100 };
+        Ok(Hello { min_version, max_version, connection_id, max_calls })
     }
 
     /// The highest version both sides speak.
@@ -148,23 +140,9 @@ impl<'a> CallHead<'a> {
         let len = codec::value_len(rest, max_depth)?;
         let (args, tail) = rest.split_at(len);
         rest = tail;
-        let timeout_ms = if n >= 4 {
-            read_opt_uint(&mut rest, "Call")?
-        } else {
-            None
-        };
-        let window = if n >= 5 {
-            read_uint(&mut rest, "Call")? as u32
-        } else {
-            0
-        };
-        Ok(CallHead {
-            controller,
-            action,
-            args,
-            timeout_ms,
-            window,
-        })
+        let timeout_ms = if n >= 4 { read_opt_uint(&mut rest, "Call")? } else { None };
+        let window = if n >= 5 { read_uint(&mut rest, "Call")? as u32 } else { 0 };
+        Ok(CallHead { controller, action, args, timeout_ms, window })
     }
 
     /// Writes everything but the arguments: the caller appends the argument array, then
@@ -216,11 +194,7 @@ pub fn decode_error(body: &Bytes) -> Result<RpcError, DecodeError> {
     let code = read_uint(&mut rest, "Error")?;
     let kind = ErrorKind::from_code(code.min(255) as u8);
     let message = read_str(&mut rest, "Error")?.to_string();
-    let name = if n >= 3 {
-        read_opt_str(&mut rest, "Error")?.map(str::to_string)
-    } else {
-        None
-    };
+    let name = if n >= 3 { read_opt_str(&mut rest, "Error")?.map(str::to_string) } else { None };
     let payload = if n >= 4 && rest.first() != Some(&0xc0) {
         let len = rmp::decode::read_bin_len(&mut rest).map_err(|_| malformed("Error"))? as usize;
         if len > rest.len() {
@@ -235,18 +209,9 @@ pub fn decode_error(body: &Bytes) -> Result<RpcError, DecodeError> {
         }
         None
     };
-    let correlation = if n >= 5 {
-        read_opt_str(&mut rest, "Error")?.map(str::to_string)
-    } else {
-        None
-    };
-    Ok(RpcError::from_parts(
-        kind,
-        message,
-        name,
-        payload,
-        correlation,
-    ))
+    let correlation =
+        if n >= 5 { read_opt_str(&mut rest, "Error")?.map(str::to_string) } else { None };
+    Ok(RpcError::from_parts(kind, message, name, payload, correlation))
 }
 
 /// Why a connection is being closed: the code of a GoAway frame (`PROTOCOL.md`, "GoAway").
@@ -434,42 +399,23 @@ mod tests {
     #[test]
     fn hello_negotiates_the_common_version() {
         let mut out = BytesMut::new();
-        Hello {
-            min_version: 1,
-            max_version: 7,
-            connection_id: 9,
-            max_calls: 5,
-        }
-        .encode(&mut out);
+        Hello { min_version: 1, max_version: 7, connection_id: 9, max_calls: 5 }.encode(&mut out);
         let h = Hello::decode(&out).unwrap();
         assert_eq!(h.negotiate(), Some(1));
         assert_eq!((h.connection_id, h.max_calls), (9, 5));
         assert_eq!(
-            Hello {
-                min_version: 2,
-                max_version: 3,
-                connection_id: 0,
-                max_calls: 1
-            }
-            .negotiate(),
+            Hello { min_version: 2, max_version: 3, connection_id: 0, max_calls: 1 }.negotiate(),
             None
         );
     }
 
     #[test]
     fn goaway_and_route_round_trip() {
-        let g = GoAway {
-            code: GoAwayCode::SlowConsumer,
-            reason: "slow consumer".into(),
-        };
+        let g = GoAway { code: GoAwayCode::SlowConsumer, reason: "slow consumer".into() };
         let mut out = BytesMut::new();
         g.encode(&mut out);
         assert_eq!(GoAway::decode(&out).unwrap(), g);
-        let s = RouteSource {
-            connection_id: 4,
-            alias: Some("a".into()),
-            username: None,
-        };
+        let s = RouteSource { connection_id: 4, alias: Some("a".into()), username: None };
         let mut out = BytesMut::new();
         s.encode(&mut out);
         assert_eq!(RouteSource::decode(&out).unwrap(), s);
@@ -480,13 +426,7 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        for body in [
-            &b""[..],
-            b"\x90",
-            b"\x95\xa1a",
-            b"\xc1",
-            b"\x93\x01\x02\x03",
-        ] {
+        for body in [&b""[..], b"\x90", b"\x95\xa1a", b"\xc1", b"\x93\x01\x02\x03"] {
             assert!(CallHead::decode(body, 64).is_err());
             assert!(decode_error(&Bytes::copy_from_slice(body)).is_err());
             assert!(GoAway::decode(body).is_err());

@@ -28,10 +28,7 @@ pub struct MemoryTransport {
 pub fn pair() -> (MemoryTransport, MemoryTransport) {
     let (a_tx, a_rx) = mpsc::channel(CAPACITY);
     let (b_tx, b_rx) = mpsc::channel(CAPACITY);
-    (
-        MemoryTransport { rx: a_rx, tx: b_tx },
-        MemoryTransport { rx: b_rx, tx: a_tx },
-    )
+    (MemoryTransport { rx: a_rx, tx: b_tx }, MemoryTransport { rx: b_rx, tx: a_tx })
 }
 
 /// The read half of a [`MemoryTransport`].
@@ -49,17 +46,11 @@ impl Transport for MemoryTransport {
     type Writer = MemoryWriter;
 
     fn info(&self) -> TransportInfo {
-        TransportInfo {
-            kind: "memory",
-            ..TransportInfo::default()
-        }
+        TransportInfo { kind: "memory", ..TransportInfo::default() }
     }
 
     fn split(self) -> (MemoryReader, MemoryWriter) {
-        (
-            MemoryReader { rx: self.rx },
-            MemoryWriter { tx: Some(self.tx) },
-        )
+        (MemoryReader { rx: self.rx }, MemoryWriter { tx: Some(self.tx) })
     }
 }
 
@@ -77,13 +68,8 @@ impl TransportReader for MemoryReader {
 
 impl TransportWriter for MemoryWriter {
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        tx.send(data)
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+        let tx = self.tx.as_ref().ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        tx.send(data).await.map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
 
     async fn close(&mut self) -> io::Result<()> {

@@ -75,11 +75,7 @@ pub struct ByteStream<R, W> {
 impl<R, W> ByteStream<R, W> {
     /// Wraps a read half and a write half.
     pub fn new(reader: R, writer: W, info: TransportInfo) -> ByteStream<R, W> {
-        ByteStream {
-            reader,
-            writer,
-            info,
-        }
+        ByteStream { reader, writer, info }
     }
 }
 

@@ -15,9 +15,7 @@ pub fn controller_name(attr: TokenStream) -> syn::Result<LitStr> {
         return Err(syn::Error::new(Span::call_site(), EXPECTED_NAME));
     }
     let parser = |input: ParseStream| {
-        let name: LitStr = input
-            .parse()
-            .map_err(|e| syn::Error::new(e.span(), EXPECTED_NAME))?;
+        let name: LitStr = input.parse().map_err(|e| syn::Error::new(e.span(), EXPECTED_NAME))?;
         let _: Option<Token![,]> = input.parse()?;
         if !input.is_empty() {
             return Err(input.error("unexpected tokens after the controller's name"));
@@ -26,20 +24,14 @@ pub fn controller_name(attr: TokenStream) -> syn::Result<LitStr> {
     };
     let name = parser.parse2(attr)?;
     if name.value().is_empty() {
-        return Err(syn::Error::new_spanned(
-            &name,
-            "the controller's wire name cannot be empty",
-        ));
+        return Err(syn::Error::new_spanned(&name, "the controller's wire name cannot be empty"));
     }
     Ok(name)
 }
 
 /// Whether `attr` is an `#[action(...)]` (also written `#[rpc_core::action(...)]`).
 pub fn is_action_attr(attr: &Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|segment| segment.ident == "action")
+    attr.path().segments.last().is_some_and(|segment| segment.ident == "action")
 }
 
 /// The options of an action, gathered from all of its `#[action(...)]` attributes.
@@ -122,10 +114,7 @@ impl Parse for DataEntry {
         };
         let _: Token![=] = input.parse()?;
         let value = input.parse::<LitStr>().map_err(|e| {
-            syn::Error::new(
-                e.span(),
-                "data values are string literals: `key = \"value\"`",
-            )
+            syn::Error::new(e.span(), "data values are string literals: `key = \"value\"`")
         })?;
         Ok(DataEntry { key, value })
     }
@@ -161,9 +150,8 @@ mod tests {
             (quote!(""), "cannot be empty"),
             (quote!("users", "more"), "unexpected tokens"),
         ] {
-            let err = controller_name(attr.clone())
-                .err()
-                .unwrap_or_else(|| panic!("{attr} parsed"));
+            let err =
+                controller_name(attr.clone()).err().unwrap_or_else(|| panic!("{attr} parsed"));
             assert!(err.to_string().contains(message), "{attr}: {err}");
         }
     }
@@ -193,30 +181,16 @@ mod tests {
     fn misuse() {
         for (attrs, message) in [
             (quote!(#[action(name = "a", name = "b")]), "given twice"),
-            (
-                quote!(#[action(name = "a")] #[action(name = "b")]),
-                "given twice",
-            ),
-            (
-                quote!(#[action(group = "a", group = "a")]),
-                "already in group `a`",
-            ),
-            (
-                quote!(#[action(data(a = "1", a = "2"))]),
-                "data key `a` is given twice",
-            ),
-            (
-                quote!(#[action(data(a = 1))]),
-                "data values are string literals",
-            ),
+            (quote!(#[action(name = "a")] #[action(name = "b")]), "given twice"),
+            (quote!(#[action(group = "a", group = "a")]), "already in group `a`"),
+            (quote!(#[action(data(a = "1", a = "2"))]), "data key `a` is given twice"),
+            (quote!(#[action(data(a = 1))]), "data values are string literals"),
             (quote!(#[action(data(a))]), "expected `=`"),
             (quote!(#[action(grop = "a")]), "unknown `#[action]` option"),
             (quote!(#[action(name = "")]), "cannot be empty"),
             (quote!(#[action(name = x)]), "expected string literal"),
         ] {
-            let err = options(attrs.clone())
-                .err()
-                .unwrap_or_else(|| panic!("{attrs} parsed"));
+            let err = options(attrs.clone()).err().unwrap_or_else(|| panic!("{attrs} parsed"));
             assert!(err.to_string().contains(message), "{attrs}: {err}");
         }
     }

@@ -33,8 +33,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     let name = attrs::controller_name(attr);
     let parsed = model::parse(
-        name.clone()
-            .unwrap_or_else(|_| syn::LitStr::new("", Span::call_site())),
+        name.clone().unwrap_or_else(|_| syn::LitStr::new("", Span::call_site())),
         item,
     );
     match (name, parsed) {
@@ -86,9 +85,7 @@ fn suffixed(ident: &Ident, suffix: &str) -> Ident {
 /// The spans of the first and the last token of `ty`: where a type error should start and end.
 pub(crate) fn span_range(ty: &syn::Type) -> (Span, Span) {
     let mut tokens = ty.to_token_stream().into_iter();
-    let first = tokens
-        .next()
-        .map_or(Span::call_site(), |token| token.span());
+    let first = tokens.next().map_or(Span::call_site(), |token| token.span());
     let last = tokens.last().map_or(first, |token| token.span());
     (first, last)
 }

@@ -140,10 +140,7 @@ impl Action {
 
     /// The attributes that document the action (`///` comments), for the client's method.
     pub fn docs(&self) -> impl Iterator<Item = &Attribute> {
-        self.method
-            .attrs
-            .iter()
-            .filter(|attr| attr.path().is_ident("doc"))
+        self.method.attrs.iter().filter(|attr| attr.path().is_ident("doc"))
     }
 }
 
@@ -209,11 +206,7 @@ pub fn parse(name: LitStr, mut item: ItemTrait) -> Result<Controller, (syn::Erro
     check_unique_names(&actions, &mut errors);
 
     match errors.finish() {
-        Ok(()) => Ok(Controller {
-            name,
-            item,
-            actions,
-        }),
+        Ok(()) => Ok(Controller { name, item, actions }),
         Err(error) => {
             quiet_patterns(&mut item);
             Err((error, item))
@@ -322,10 +315,7 @@ fn parse_action(method: &TraitItemFn) -> syn::Result<Action> {
     if let Some(variadic) = &sig.variadic {
         errors.spanned(variadic, "actions cannot be variadic");
     }
-    if RESERVED_CLIENT_METHODS
-        .iter()
-        .any(|reserved| sig.ident == reserved)
-    {
+    if RESERVED_CLIENT_METHODS.iter().any(|reserved| sig.ident == reserved) {
         errors.spanned(
             &sig.ident,
             format!("`{}` is a method of the generated client: rename the action, or keep the wire name with #[action(name = \"{}\")]", sig.ident, sig.ident),
@@ -372,14 +362,7 @@ fn parse_action(method: &TraitItemFn) -> syn::Result<Action> {
     let wire_name = options
         .name
         .unwrap_or_else(|| LitStr::new(&sig.ident.unraw().to_string(), sig.ident.span()));
-    Ok(Action {
-        method,
-        wire_name,
-        groups: options.groups,
-        data: options.data,
-        params,
-        output,
-    })
+    Ok(Action { method, wire_name, groups: options.groups, data: options.data, params, output })
 }
 
 fn check_receiver(receiver: &syn::Receiver) -> syn::Result<()> {
@@ -460,10 +443,7 @@ fn parse_param(typed: &syn::PatType) -> syn::Result<Param> {
 
 fn check_param_counts(params: &[Param], errors: &mut Errors) {
     for (kind, message) in [
-        (
-            ParamKind::Context,
-            "an action takes at most one `&Context` parameter",
-        ),
+        (ParamKind::Context, "an action takes at most one `&Context` parameter"),
         (
             ParamKind::Stream,
             "an action takes at most one `RpcStream` parameter: the client sends one stream per call",
@@ -489,15 +469,9 @@ fn classify_output(ty: &Type) -> Output {
         if let [ok, _err] = args.as_slice() {
             let ok = (*ok).clone();
             return if last_segment_is(&ok, "RpcStream").is_some() {
-                Output::StreamResult {
-                    full: ty.clone(),
-                    stream: ok,
-                }
+                Output::StreamResult { full: ty.clone(), stream: ok }
             } else {
-                Output::Result {
-                    full: ty.clone(),
-                    ok,
-                }
+                Output::Result { full: ty.clone(), ok }
             };
         }
     }
@@ -518,11 +492,7 @@ fn unwrap_groups(mut ty: &Type) -> &Type {
 /// The last segment of `ty`'s path if it is named `name`.
 fn last_segment_is<'a>(ty: &'a Type, name: &str) -> Option<&'a syn::PathSegment> {
     match unwrap_groups(ty) {
-        Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .filter(|segment| segment.ident == name),
+        Type::Path(path) => path.path.segments.last().filter(|segment| segment.ident == name),
         _ => None,
     }
 }
@@ -565,11 +535,7 @@ mod tests {
     fn error_of(method: TraitItemFn) -> String {
         match parse_action(&method) {
             Ok(_) => panic!("`{}` parsed", quote!(#method)),
-            Err(error) => error
-                .into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Err(error) => error.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
         }
     }
 
@@ -607,11 +573,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.wire_name.value(), "up");
         assert_eq!(a.kind(), Kind::Bidi);
-        let kinds: Vec<_> = a
-            .params
-            .iter()
-            .map(|p| (p.ident.to_string(), p.kind))
-            .collect();
+        let kinds: Vec<_> = a.params.iter().map(|p| (p.ident.to_string(), p.kind)).collect();
         assert_eq!(
             kinds,
             [
@@ -829,10 +791,7 @@ mod tests {
         let messages: Vec<_> = error.into_iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].contains("holds only actions"), "{messages:?}");
-        assert!(
-            messages[1].contains("share the wire name `a`: `a` and `b`"),
-            "{messages:?}"
-        );
+        assert!(messages[1].contains("share the wire name `a`: `a` and `b`"), "{messages:?}");
         let stripped = quote!(#stripped).to_string();
         assert!(!stripped.contains("action"), "{stripped}");
     }

@@ -70,10 +70,7 @@ pub fn generate(controller: &Controller) -> TokenStream {
 fn action_info(action: &Action) -> TokenStream {
     let name = &action.wire_name;
     let groups = &action.groups;
-    let data = action
-        .data
-        .iter()
-        .map(|(key, value)| quote!((#key, #value)));
+    let data = action.data.iter().map(|(key, value)| quote!((#key, #value)));
     let kind = action.kind().variant();
     quote! {
         ::rpc_core::ActionInfo {
@@ -89,11 +86,7 @@ fn call_fn(controller: &Controller) -> TokenStream {
     let action = local("action");
     let args = local("args");
     let responder = local("responder");
-    let arms = controller
-        .actions
-        .iter()
-        .enumerate()
-        .map(|(index, a)| arm(controller, index, a));
+    let arms = controller.actions.iter().enumerate().map(|(index, a)| arm(controller, index, a));
     let not_found = quote! {
         ::core::result::Result::Err(::rpc_core::RpcError::not_found("no such action"))
     };

@@ -26,12 +26,7 @@ pub fn generate(controller: &Controller) -> TokenStream {
 /// `async fn hello(&self, title: String) -> String;` becomes
 /// `fn hello(&self, title: String) -> impl Future<Output = String> + Send;`.
 fn method(action: &Action) -> TokenStream {
-    let TraitItemFn {
-        attrs,
-        sig,
-        default,
-        ..
-    } = &action.method;
+    let TraitItemFn { attrs, sig, default, .. } = &action.method;
     let fn_token = &sig.fn_token;
     let ident = &sig.ident;
     let mut inputs = sig.inputs.clone();
