@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::task::AbortHandle;
 
 use crate::connection::ConnShared;
 use crate::error::RpcError;
@@ -97,12 +98,35 @@ impl<T: Clone + Send + Sync + 'static> From<watch::Receiver<T>> for RpcStream<T>
 }
 
 impl<T: DeserializeOwned> RpcStream<T> {
-    pub(crate) fn remote(
+    /// The caller's end of a result stream: holds the call's slot, stops the argument
+    /// producer (if any) and unsubscribes when dropped.
+    pub(crate) fn remote_result(
         rx: mpsc::UnboundedReceiver<Frame>,
         conn: Arc<ConnShared>,
         id: u32,
         window: u32,
         slot: OwnedSemaphorePermit,
+        producer: Option<AbortHandle>,
+    ) -> RpcStream<T> {
+        RpcStream::remote(rx, conn, id, window, Direction::Result { slot: Some(slot), producer })
+    }
+
+    /// The callee's end of an argument stream.
+    pub(crate) fn remote_arguments(
+        rx: mpsc::UnboundedReceiver<Frame>,
+        conn: Arc<ConnShared>,
+        id: u32,
+        window: u32,
+    ) -> RpcStream<T> {
+        RpcStream::remote(rx, conn, id, window, Direction::Arguments)
+    }
+
+    fn remote(
+        rx: mpsc::UnboundedReceiver<Frame>,
+        conn: Arc<ConnShared>,
+        id: u32,
+        window: u32,
+        direction: Direction,
     ) -> RpcStream<T> {
         RpcStream {
             inner: Inner::Remote(RemoteStream {
@@ -112,7 +136,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 window,
                 consumed: 0,
                 done: false,
-                slot: Some(slot),
+                direction,
                 decode: |body| codec::decode_value::<T>(body),
             }),
         }
@@ -139,7 +163,20 @@ impl<T> std::fmt::Debug for RpcStream<T> {
     }
 }
 
-/// The client's end of a server stream.
+/// Which way a remote stream flows, and what it holds while open.
+enum Direction {
+    /// Items the callee sends back to this (calling) side.
+    Result {
+        /// The calls-in-flight slot this stream holds until it ends.
+        slot: Option<OwnedSemaphorePermit>,
+        /// The task sending this side's argument stream on the same call (bidirectional).
+        producer: Option<AbortHandle>,
+    },
+    /// Items the caller sends to this (serving) side.
+    Arguments,
+}
+
+/// The receiving end of a stream that crosses the connection.
 struct RemoteStream<T> {
     rx: mpsc::UnboundedReceiver<Frame>,
     conn: Arc<ConnShared>,
@@ -147,17 +184,26 @@ struct RemoteStream<T> {
     window: u32,
     consumed: u32,
     done: bool,
-    /// The calls-in-flight slot this stream holds until it ends.
-    slot: Option<OwnedSemaphorePermit>,
+    direction: Direction,
     /// Decodes an item (the stream type itself needs no `DeserializeOwned` bound, so the
     /// server can hold `RpcStream<T>` for any serializable `T`).
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
 }
 
 impl<T> RemoteStream<T> {
+    /// Releases what an open result stream holds.
+    fn finish(&mut self) {
+        if let Direction::Result { slot, producer } = &mut self.direction {
+            *slot = None;
+            if let Some(p) = producer.take() {
+                p.abort();
+            }
+        }
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>> {
         if self.done {
-            self.slot = None;
+            self.finish();
             return Poll::Ready(None);
         }
         let frame = match self.rx.poll_recv(cx) {
@@ -181,12 +227,12 @@ impl<T> RemoteStream<T> {
             }
             Kind::End => {
                 self.done = true;
-                self.slot = None;
+                self.finish();
                 Poll::Ready(None)
             }
             Kind::Error => {
                 self.done = true;
-                self.slot = None;
+                self.finish();
                 let e = message::decode_error(&frame.body)
                     .unwrap_or_else(|e| RpcError::protocol(format!("malformed error: {e}")));
                 Poll::Ready(Some(Err(e)))
@@ -203,9 +249,10 @@ impl<T> RemoteStream<T> {
 
 impl<T> Drop for RemoteStream<T> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && matches!(self.direction, Direction::Result { .. }) {
             // Unsubscribe: the server drops its producer.
             self.conn.cancel_outbound(self.id);
         }
+        self.finish();
     }
 }

@@ -11,7 +11,9 @@ use rpc_tcp::{RpcTcpClient, RpcTcpServer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
 
     // Server: one kernel, one controller, TCP on a free port.
     let kernel = RpcKernel::new();
@@ -43,7 +45,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let grace = User { id: 2, first_name: "Grace".into(), last_name: "Hopper".into() };
     users.save_user(grace).await?;
-    println!("client -> users.save_user(Grace)   = ok; get_user(2) = {:?}", users.get_user(2).await?);
+    println!(
+        "client -> users.save_user(Grace)   = ok; get_user(2) = {:?}",
+        users.get_user(2).await?
+    );
 
     let mut ticks = users.ticks(10, 5).await?;
     let mut seen = Vec::new();
@@ -54,7 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("client -> users.whoami()           = {:?}", users.whoami().await?);
 
     let stats = kernel.stats();
-    println!("server stats: {} calls, {} streams, {} bytes in, {} bytes out", stats.calls, stats.total_streams, stats.bytes_in, stats.bytes_out);
+    println!(
+        "server stats: {} calls, {} streams, {} bytes in, {} bytes out",
+        stats.calls, stats.total_streams, stats.bytes_in, stats.bytes_out
+    );
 
     let _ = stop.send(());
     serving.await??;

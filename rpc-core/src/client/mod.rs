@@ -36,6 +36,19 @@ pub trait Connector: Send + Sync + 'static {
     fn connect(&self, kernel: RpcKernel) -> BoxFuture<'static, Result<Connection, RpcError>>;
 }
 
+/// Another client, reached through the server's peer routing.
+#[derive(Clone, Debug)]
+pub struct PeerHandle {
+    target: CallTarget,
+}
+
+impl PeerHandle {
+    /// A typed proxy for the controller `C` the peer offers.
+    pub fn controller<C: ControllerClient>(&self) -> C {
+        C::from_target(self.target.clone())
+    }
+}
+
 /// The state of a client's connection, observable with [`RpcClient::state`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnectionState {
@@ -112,6 +125,45 @@ impl RpcClient {
     /// A typed proxy for the controller `C` on the other side.
     pub fn controller<C: ControllerClient>(&self) -> C {
         C::from_target(CallTarget::client(self.clone()))
+    }
+
+    /// Registers this client under a peer alias on the server, so that other clients can call
+    /// its controllers through [`RpcClient::peer`]. The server's policy must allow it (by
+    /// default it does not); an alias held by another live connection is refused
+    /// (`AlreadyRegistered`). The alias is freed when the connection closes: after a
+    /// reconnect, register again (see [`RpcClient::on_connect`]).
+    pub async fn register_as_peer(&self, alias: &str) -> Result<(), RpcError> {
+        let conn = self.connection().await?;
+        let mut body = bytes::BytesMut::new();
+        crate::protocol::message::encode_route_target(&mut body, alias);
+        let timeout = conn.shared.limits.call_timeout;
+        conn.shared.request::<()>(crate::protocol::Kind::PeerRegister, &body, timeout).await
+    }
+
+    /// Releases this client's peer alias.
+    pub async fn unregister_as_peer(&self) -> Result<(), RpcError> {
+        let conn = self.connection().await?;
+        let timeout = conn.shared.limits.call_timeout;
+        conn.shared.request::<()>(crate::protocol::Kind::PeerUnregister, &[0x90], timeout).await
+    }
+
+    /// The peer registered under `alias`, reached through the server.
+    ///
+    /// ```no_run
+    /// # use rpc_core::{controller, RpcClient};
+    /// #[controller("printer")]
+    /// pub trait Printer {
+    ///     async fn print(&self, doc: String) -> u32;
+    /// }
+    /// # async fn run(client: RpcClient) -> Result<(), rpc_core::RpcError> {
+    /// let printer = client.peer("printer-1").controller::<PrinterClient>();
+    /// let pages = printer.print("hello".into()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn peer(&self, alias: &str) -> PeerHandle {
+        let mut route = bytes::BytesMut::new();
+        crate::protocol::message::encode_route_target(&mut route, alias);
+        PeerHandle { target: CallTarget::client(self.clone()).routed(route.freeze()) }
     }
 
     /// Offers a controller the other side (or, routed, a peer) may call.

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::RpcClient;
 use crate::connection::Connection;
+use crate::connection::calls::CallSpec;
 use crate::error::RpcError;
 use crate::stream::RpcStream;
 
@@ -54,7 +55,6 @@ impl CallTarget {
         CallTarget { via: Via::Connection(conn), route: None, timeout: None }
     }
 
-    #[allow(dead_code)]
     pub(crate) fn routed(mut self, route: Bytes) -> CallTarget {
         self.route = Some(route);
         self
@@ -76,7 +76,18 @@ impl CallTarget {
         Ok((conn.shared, timeout))
     }
 
-    /// Calls a unary action. `args` must serialize as an array (a tuple, or [`NoArgs`](crate::NoArgs)).
+    fn spec<'a, A: ?Sized>(
+        &'a self,
+        controller: &'a str,
+        action: &'a str,
+        args: &'a A,
+        timeout: Duration,
+    ) -> CallSpec<'a, A> {
+        CallSpec { controller, action, args, route: self.route.as_deref(), timeout }
+    }
+
+    /// Calls a unary action. `args` must serialize as an array (a tuple, or
+    /// [`NoArgs`](crate::NoArgs)).
     pub async fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         controller: &str,
@@ -84,17 +95,52 @@ impl CallTarget {
         args: &A,
     ) -> Result<R, RpcError> {
         let (conn, timeout) = self.connection_and_timeout().await?;
-        conn.call(controller, action, args, self.route.as_deref(), timeout).await
+        conn.call::<A, R, ()>(self.spec(controller, action, args, timeout), None).await
     }
 
     /// Calls a streaming action; resolves once the other side accepted the subscription.
-    pub async fn call_stream<A: Serialize + ?Sized, T: DeserializeOwned>(
+    pub async fn call_stream<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         controller: &str,
         action: &str,
         args: &A,
-    ) -> Result<RpcStream<T>, RpcError> {
+    ) -> Result<RpcStream<R>, RpcError> {
         let (conn, timeout) = self.connection_and_timeout().await?;
-        conn.call_stream(controller, action, args, self.route.as_deref(), timeout).await
+        conn.call_stream::<A, R, ()>(self.spec(controller, action, args, timeout), None).await
+    }
+
+    /// Calls an action that takes an argument stream and answers one value. The items of
+    /// `input` are sent as the callee grants credit.
+    pub async fn call_with_stream<A, T, R>(
+        &self,
+        controller: &str,
+        action: &str,
+        args: &A,
+        input: RpcStream<T>,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + Send + 'static,
+        R: DeserializeOwned,
+    {
+        let (conn, timeout) = self.connection_and_timeout().await?;
+        conn.call(self.spec(controller, action, args, timeout), Some(input)).await
+    }
+
+    /// Calls an action that streams both ways.
+    pub async fn call_stream_with_stream<A, T, R>(
+        &self,
+        controller: &str,
+        action: &str,
+        args: &A,
+        input: RpcStream<T>,
+    ) -> Result<RpcStream<R>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + Send + 'static,
+        R: DeserializeOwned,
+    {
+        let (conn, timeout) = self.connection_and_timeout().await?;
+        conn.call_stream(self.spec(controller, action, args, timeout), Some(input)).await
     }
 }

@@ -1,14 +1,16 @@
-//! Calls this side started: the pending table, the call future, cancellation on drop.
+//! Calls this side started: the pending table, the call futures, argument streams,
+//! cancellation on drop, and the routed calls a server forwards on behalf of a peer.
 //!
 //! Cancel safety: dropping a call's future before it resolved removes its entry and sends a
-//! Cancel frame, so the remote drops the handler. Dropping a stream does the same.
+//! Cancel frame, so the remote drops the handler. Dropping a result stream does the same.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ConnShared;
@@ -18,12 +20,45 @@ use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::message::{self, CallHead};
 use crate::stream::RpcStream;
 
+/// A call this side has outstanding.
+pub(crate) struct Pending {
+    pub(crate) sink: Sink,
+    /// Credit the remote granted for the argument stream this side sends on the call.
+    pub(crate) arg_credit: Option<Arc<Semaphore>>,
+}
+
 /// Where the answer to a pending call goes.
-pub(crate) enum Pending {
-    /// A unary call (or Auth): the one answer frame.
+pub(crate) enum Sink {
+    /// A unary call (or a control request): the one answer frame.
     Unary(oneshot::Sender<Frame>),
     /// A streaming call: StreamOpen, items, then End or Error.
     Stream(mpsc::UnboundedSender<Frame>),
+    /// A call this routing server forwarded for `caller`: answers go back to it, unread.
+    Routed { caller: Weak<ConnShared>, caller_id: u32, _slot: OwnedSemaphorePermit },
+}
+
+impl Pending {
+    fn new(sink: Sink) -> Pending {
+        Pending { sink, arg_credit: None }
+    }
+
+    /// Called when the connection closes with the call still outstanding.
+    pub(crate) fn fail(self, alias: Option<&str>) {
+        if let Sink::Routed { caller, caller_id, .. } = self.sink
+            && let Some(caller) = caller.upgrade()
+        {
+            let who = alias.map(|a| format!("peer `{a}`")).unwrap_or_else(|| "the peer".into());
+            caller.answer_error(
+                caller_id,
+                &RpcError::new(
+                    ErrorKind::PeerNotFound,
+                    format!("{who} disconnected during the call"),
+                ),
+            );
+        }
+        // Unary and stream sinks: dropping the sender wakes the caller, who reads the
+        // connection's close reason.
+    }
 }
 
 /// Removes a pending entry and cancels the call at the remote, unless disarmed.
@@ -46,6 +81,27 @@ impl Drop for CallGuard<'_> {
     }
 }
 
+/// What a call sends: its target, arguments, route and deadline.
+pub(crate) struct CallSpec<'a, A: ?Sized> {
+    pub(crate) controller: &'a str,
+    pub(crate) action: &'a str,
+    pub(crate) args: &'a A,
+    pub(crate) route: Option<&'a [u8]>,
+    pub(crate) timeout: Duration,
+}
+
+impl<A: ?Sized> CallSpec<'_, A> {
+    fn timeout_error(&self) -> RpcError {
+        RpcError::new(
+            ErrorKind::Timeout,
+            format!(
+                "`{}.{}` did not answer within {:?} (raise it with with_timeout or Limits::call_timeout)",
+                self.controller, self.action, self.timeout
+            ),
+        )
+    }
+}
+
 impl ConnShared {
     /// Forgets call `id` and tells the remote to stop it.
     pub(crate) fn cancel_outbound(&self, id: u32) {
@@ -55,7 +111,7 @@ impl ConnShared {
     }
 
     /// Registers a pending call; fails if the connection closed meanwhile.
-    fn register(&self, id: u32, pending: Pending) -> Result<(), RpcError> {
+    pub(crate) fn register_pending(&self, id: u32, pending: Pending) -> Result<(), RpcError> {
         let mut table = self.outbound.lock();
         if table.len() >= self.limits.max_outbound_calls {
             return Err(RpcError::busy(format!(
@@ -77,49 +133,79 @@ impl ConnShared {
     fn push_call<A: Serialize + ?Sized>(
         &self,
         id: u32,
-        controller: &str,
-        action: &str,
-        args: &A,
-        route: Option<&[u8]>,
-        timeout: Duration,
+        spec: &CallSpec<'_, A>,
         window: u32,
     ) -> Result<(), RpcError> {
-        let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+        let timeout_ms = spec.timeout.as_millis().min(u64::MAX as u128) as u64;
         self.outbox
-            .push(Kind::Call, id, route, |buf| {
-                CallHead::encode_start(buf, controller, action);
-                codec::encode_into(buf, args)?;
+            .push(Kind::Call, id, spec.route, |buf| {
+                CallHead::encode_start(buf, spec.controller, spec.action);
+                codec::encode_into(buf, spec.args)?;
                 CallHead::encode_tail(buf, Some(timeout_ms), window);
                 Ok(())
             })
             .map_err(|e| e.into_rpc_error(self.limits.frame_limit()))
     }
 
-    /// Calls `controller.action(args)` and decodes the reply as `R`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+    /// Waits (until `deadline`) for one of the calls-in-flight slots the remote granted.
+    async fn acquire_slot<A: ?Sized>(
+        &self,
+        deadline: Instant,
+        spec: &CallSpec<'_, A>,
+    ) -> Result<OwnedSemaphorePermit, RpcError> {
+        match tokio::time::timeout_at(deadline, self.call_slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(self.disconnect_error()),
+            Err(_) => Err(spec.timeout_error()),
+        }
+    }
+
+    /// Calls a unary action; with `input`, also sends that argument stream.
+    pub(crate) async fn call<A, R, T>(
         self: &Arc<Self>,
-        controller: &str,
-        action: &str,
-        args: &A,
-        route: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<R, RpcError> {
-        let deadline = Instant::now() + timeout;
-        let _slot = self.acquire_slot(deadline, controller, action, timeout).await?;
+        spec: CallSpec<'_, A>,
+        input: Option<RpcStream<T>>,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+        T: Serialize + Send + 'static,
+    {
+        let deadline = Instant::now() + spec.timeout;
+        let _slot = self.acquire_slot(deadline, &spec).await?;
         let id = self.alloc_id()?;
         let (tx, rx) = oneshot::channel();
-        self.register(id, Pending::Unary(tx))?;
+        let mut pending = Pending::new(Sink::Unary(tx));
+        let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
+        pending.arg_credit = credit.clone();
+        self.register_pending(id, pending)?;
         let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        self.push_call(id, controller, action, args, route, timeout, 0)?;
+        self.push_call(id, &spec, 0)?;
         guard.sent = true;
-        let frame = match tokio::time::timeout_at(deadline, rx).await {
+
+        let answer = tokio::time::timeout_at(deadline, rx);
+        let frame = match (input, credit) {
+            (Some(input), Some(credit)) => {
+                // Send the argument stream while waiting for the answer; the answer wins.
+                let produce = produce_arguments(self.clone(), id, credit, input);
+                tokio::pin!(answer, produce);
+                let mut produced = false;
+                loop {
+                    tokio::select! {
+                        frame = &mut answer => break frame,
+                        _ = &mut produce, if !produced => produced = true,
+                    }
+                }
+            }
+            _ => answer.await,
+        };
+        let frame = match frame {
             Ok(Ok(frame)) => frame,
             Ok(Err(_)) => {
                 guard.armed = false;
                 return Err(self.disconnect_error());
             }
-            Err(_) => return Err(timeout_error(controller, action, timeout)),
+            Err(_) => return Err(spec.timeout_error()),
         };
         guard.armed = false;
         if frame.kind == Kind::StreamOpen {
@@ -129,67 +215,109 @@ impl ConnShared {
         decode_reply(frame)
     }
 
-    /// Calls a streaming action; resolves once the remote accepted the subscription.
-    pub(crate) async fn call_stream<A: Serialize + ?Sized, T: DeserializeOwned>(
+    /// Calls a streaming action (optionally sending an argument stream too); resolves once
+    /// the remote accepted the subscription.
+    pub(crate) async fn call_stream<A, R, T>(
         self: &Arc<Self>,
-        controller: &str,
-        action: &str,
-        args: &A,
-        route: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<RpcStream<T>, RpcError> {
-        let deadline = Instant::now() + timeout;
-        let slot = match tokio::time::timeout_at(deadline, self.call_slots.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Err(self.disconnect_error()),
-            Err(_) => return Err(timeout_error(controller, action, timeout)),
-        };
+        spec: CallSpec<'_, A>,
+        input: Option<RpcStream<T>>,
+    ) -> Result<RpcStream<R>, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+        T: Serialize + Send + 'static,
+    {
+        let deadline = Instant::now() + spec.timeout;
+        let slot = self.acquire_slot(deadline, &spec).await?;
         let id = self.alloc_id()?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.register(id, Pending::Stream(tx))?;
+        let mut pending = Pending::new(Sink::Stream(tx));
+        let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
+        pending.arg_credit = credit.clone();
+        self.register_pending(id, pending)?;
         let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
         let window = self.limits.stream_window.max(1);
-        self.push_call(id, controller, action, args, route, timeout, window)?;
+        self.push_call(id, &spec, window)?;
         guard.sent = true;
+        // The argument stream starts at once: the remote's credit paces it.
+        let producer = match (input, credit) {
+            (Some(input), Some(credit)) => Some(
+                tokio::spawn(produce_arguments(self.clone(), id, credit, input)).abort_handle(),
+            ),
+            _ => None,
+        };
+        let abort_producer = |p: &Option<tokio::task::AbortHandle>| {
+            if let Some(p) = p {
+                p.abort();
+            }
+        };
         let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(frame)) => frame,
             Ok(None) => {
+                abort_producer(&producer);
                 guard.armed = false;
                 return Err(self.disconnect_error());
             }
-            Err(_) => return Err(timeout_error(controller, action, timeout)),
+            Err(_) => {
+                abort_producer(&producer);
+                return Err(spec.timeout_error());
+            }
         };
         match first.kind {
             Kind::StreamOpen => {
                 guard.armed = false;
-                Ok(RpcStream::remote(rx, self.clone(), id, window, slot))
+                Ok(RpcStream::remote_result(rx, self.clone(), id, window, slot, producer))
             }
             Kind::Error => {
+                abort_producer(&producer);
                 guard.armed = false;
                 Err(decode_error(&first))
             }
-            Kind::Reply => Err(RpcError::protocol(format!(
-                "`{controller}.{action}` answered with a value, not a stream: the two sides disagree on its signature"
-            ))),
-            other => Err(RpcError::protocol(format!("unexpected {other:?} before StreamOpen"))),
+            Kind::Reply => {
+                abort_producer(&producer);
+                guard.armed = false;
+                Err(RpcError::protocol(format!(
+                    "`{}.{}` answered with a value, not a stream: the two sides disagree on its signature",
+                    spec.controller, spec.action
+                )))
+            }
+            other => {
+                abort_producer(&producer);
+                Err(RpcError::protocol(format!("unexpected {other:?} before StreamOpen")))
+            }
         }
     }
 
-    /// Waits (until `deadline`) for one of the calls-in-flight slots the remote granted.
-    async fn acquire_slot(
-        &self,
-        deadline: Instant,
-        controller: &str,
-        action: &str,
+    /// Sends a control request (Auth, PeerRegister, PeerUnregister) and decodes its Reply.
+    pub(crate) async fn request<R: DeserializeOwned>(
+        self: &Arc<Self>,
+        kind: Kind,
+        body: &[u8],
         timeout: Duration,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
-        match tokio::time::timeout_at(deadline, self.call_slots.acquire()).await {
-            Ok(Ok(slot)) => Ok(slot),
-            Ok(Err(_)) => Err(self.disconnect_error()),
-            Err(_) => Err(timeout_error(controller, action, timeout)),
-        }
+    ) -> Result<R, RpcError> {
+        let id = self.alloc_id()?;
+        let (tx, rx) = oneshot::channel();
+        self.register_pending(id, Pending::new(Sink::Unary(tx)))?;
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
+        self.outbox
+            .push_raw(kind, id, None, body)
+            .map_err(|e| e.into_rpc_error(self.limits.frame_limit()))?;
+        guard.sent = true;
+        let frame = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(_)) => {
+                guard.armed = false;
+                return Err(self.disconnect_error());
+            }
+            Err(_) => {
+                return Err(RpcError::new(
+                    ErrorKind::Timeout,
+                    format!("{kind:?} was not answered within {timeout:?}"),
+                ));
+            }
+        };
+        guard.armed = false;
+        decode_reply(frame)
     }
 
     /// Authenticates this connection with `token`; returns the session's user name.
@@ -198,39 +326,55 @@ impl ConnShared {
         token: &crate::Token,
         timeout: Duration,
     ) -> Result<String, RpcError> {
-        let id = self.alloc_id()?;
-        let (tx, rx) = oneshot::channel();
-        self.register(id, Pending::Unary(tx))?;
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        self.outbox
-            .push(Kind::Auth, id, None, |buf| {
-                buf.extend_from_slice(token.raw());
-                Ok(())
-            })
-            .map_err(|e| e.into_rpc_error(self.limits.frame_limit()))?;
-        guard.sent = true;
-        let frame = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(_)) => {
-                guard.armed = false;
-                return Err(RpcError::unauthenticated(
-                    "authentication failed: the connection closed",
-                ));
-            }
-            Err(_) => return Err(RpcError::unauthenticated("authentication timed out")),
-        };
-        guard.armed = false;
-        decode_reply::<(String,)>(frame).map(|(name,)| name)
+        match self.request::<(String,)>(Kind::Auth, token.raw(), timeout).await {
+            Ok((name,)) => Ok(name),
+            Err(e) if e.kind() == ErrorKind::Unauthenticated => Err(e),
+            Err(e) => Err(RpcError::unauthenticated(format!("authentication failed: {e}"))),
+        }
     }
 }
 
-fn timeout_error(controller: &str, action: &str, timeout: Duration) -> RpcError {
-    RpcError::new(
-        ErrorKind::Timeout,
-        format!(
-            "`{controller}.{action}` did not answer within {timeout:?} (raise it with with_timeout or Limits::call_timeout)"
-        ),
-    )
+/// Sends the items of `input` as the argument stream of call `id`, each only once the remote
+/// granted credit for it, then End.
+async fn produce_arguments<T: Serialize + Send + 'static>(
+    conn: Arc<ConnShared>,
+    id: u32,
+    credit: Arc<Semaphore>,
+    mut input: RpcStream<T>,
+) {
+    loop {
+        match credit.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return,
+        }
+        match input.next().await {
+            Some(Ok(item)) => {
+                if let Err(e) =
+                    conn.outbox.push(Kind::Item, id, None, |buf| codec::encode_into(buf, &item))
+                {
+                    let e = e.into_rpc_error(conn.limits.frame_limit());
+                    tracing::debug!(
+                        connection = conn.id,
+                        call = id,
+                        "argument stream stopped: {e}"
+                    );
+                    conn.on_push_error(&e);
+                    conn.cancel_outbound(id);
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                // The caller's own stream failed: the call cannot complete meaningfully.
+                tracing::debug!(connection = conn.id, call = id, "argument stream failed: {e}");
+                conn.cancel_outbound(id);
+                return;
+            }
+            None => {
+                let _ = conn.outbox.push(Kind::End, id, None, |_| Ok(()));
+                return;
+            }
+        }
+    }
 }
 
 fn decode_error(frame: &Frame) -> RpcError {
@@ -253,34 +397,82 @@ fn decode_reply<R: DeserializeOwned>(frame: Frame) -> Result<R, RpcError> {
     }
 }
 
-/// Routes a response frame to the call waiting for it.
+/// Routes a response frame (Reply, Error, StreamOpen, or a result-stream Item/End) to the
+/// call waiting for it, or forwards it to the caller of a routed call.
 pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
-    let mut table = conn.outbound.lock();
     let ends = matches!(frame.kind, Kind::Reply | Kind::Error | Kind::End);
-    let entry = if ends { table.remove(&frame.id) } else { None };
-    match entry {
-        Some(Pending::Unary(tx)) => {
+    let mut table = conn.outbound.lock();
+    if ends {
+        let Some(pending) = table.remove(&frame.id) else { return };
+        drop(table);
+        match pending.sink {
+            Sink::Unary(tx) => {
+                let _ = tx.send(frame);
+            }
+            Sink::Stream(tx) => {
+                let _ = tx.send(frame);
+            }
+            Sink::Routed { caller, caller_id, _slot } => {
+                if let Some(caller) = caller.upgrade() {
+                    caller.release_inbound(caller_id);
+                    forward(&caller, frame.kind, caller_id, &frame.body);
+                }
+            }
+        }
+        return;
+    }
+    match table.get(&frame.id).map(|p| &p.sink) {
+        Some(Sink::Stream(tx)) => {
+            let _ = tx.send(frame);
+        }
+        Some(Sink::Routed { caller, caller_id, .. }) => {
+            let (caller, caller_id) = (caller.clone(), *caller_id);
+            drop(table);
+            if let Some(caller) = caller.upgrade() {
+                forward(&caller, frame.kind, caller_id, &frame.body);
+            }
+        }
+        Some(Sink::Unary(_)) if frame.kind == Kind::StreamOpen => {
+            let Some(Pending { sink: Sink::Unary(tx), .. }) = table.remove(&frame.id) else {
+                return;
+            };
             drop(table);
             let _ = tx.send(frame);
         }
-        Some(Pending::Stream(tx)) => {
+        // A late frame for a call this side already gave up on: expected, ignored.
+        _ => {}
+    }
+}
+
+/// Handles a Credit for the argument stream of a call this side started (or forwards it to
+/// the caller of a routed call).
+pub(crate) fn on_credit(conn: &Arc<ConnShared>, frame: Frame) {
+    let n = match message::decode_uint(&frame.body) {
+        Ok(n) => n.min(1 << 20) as usize,
+        Err(_) => return conn.protocol_error(frame.id, "malformed Credit"),
+    };
+    let table = conn.outbound.lock();
+    match table.get(&frame.id) {
+        Some(Pending { sink: Sink::Routed { caller, caller_id, .. }, .. }) => {
+            let (caller, caller_id) = (caller.clone(), *caller_id);
             drop(table);
-            let _ = tx.send(frame);
+            if let Some(caller) = caller.upgrade() {
+                forward(&caller, Kind::Credit, caller_id, &frame.body);
+            }
         }
-        None if !ends => match table.get(&frame.id) {
-            Some(Pending::Stream(tx)) => {
-                let _ = tx.send(frame);
+        Some(Pending { arg_credit: Some(credit), .. }) => {
+            if credit.available_permits() + n <= Semaphore::MAX_PERMITS {
+                credit.add_permits(n);
             }
-            Some(Pending::Unary(_)) if frame.kind == Kind::StreamOpen => {
-                let Some(Pending::Unary(tx)) = table.remove(&frame.id) else {
-                    return;
-                };
-                drop(table);
-                let _ = tx.send(frame);
-            }
-            // A late frame for a call this side already gave up on: expected, ignored.
-            _ => {}
-        },
-        None => {}
+        }
+        _ => {}
+    }
+}
+
+/// Queues an already-encoded frame on `to` (routing: the body is copied, never re-encoded).
+pub(crate) fn forward(to: &Arc<ConnShared>, kind: Kind, id: u32, body: &[u8]) {
+    if let Err(e) = to.outbox.push_raw(kind, id, None, body) {
+        let e = e.into_rpc_error(to.limits.frame_limit());
+        to.on_push_error(&e);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use super::ConnShared;
@@ -21,19 +21,33 @@ use crate::kernel::responder::{Responder, correlation_id};
 use crate::kernel::security::{ControllerAccess, Token};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
-use crate::protocol::message::{self, CallHead, GoAwayCode};
+use crate::protocol::message::{self, CallHead, GoAwayCode, RouteSource};
 
 /// A call the remote has running on this side.
-pub(crate) struct Inbound {
-    abort: Option<AbortHandle>,
-    /// Credit for the result stream, if the action streams.
-    credit: Option<Arc<Semaphore>>,
+pub(crate) enum Inbound {
+    /// Served here by a handler task.
+    Local {
+        abort: Option<AbortHandle>,
+        /// Credit for the result stream, if the action streams.
+        credit: Option<Arc<Semaphore>>,
+        /// Where the caller's argument stream goes, if the action takes one.
+        args: Option<mpsc::UnboundedSender<Frame>>,
+    },
+    /// A routed call whose policy check is still running.
+    Routing { abort: AbortHandle },
+    /// A routed call forwarded to `callee` as its call `callee_id`.
+    Routed { callee: Arc<ConnShared>, callee_id: u32 },
 }
 
 impl Inbound {
+    /// Called when the call must stop (cancel, or the caller's connection closed).
     pub(crate) fn abort(self) {
-        if let Some(handle) = self.abort {
-            handle.abort();
+        match self {
+            Inbound::Local { abort: Some(handle), .. } | Inbound::Routing { abort: handle } => {
+                handle.abort()
+            }
+            Inbound::Local { abort: None, .. } => {}
+            Inbound::Routed { callee, callee_id } => callee.cancel_outbound(callee_id),
         }
     }
 }
@@ -51,7 +65,35 @@ impl Drop for SlotGuard {
     }
 }
 
-/// Handles a Call frame: checks it, reserves a slot and spawns the handler's task.
+/// Checks that call `id` may take a slot; on refusal the caller has been answered.
+///
+/// Returns the locked table so that the caller inserts its entry under the same lock.
+pub(crate) fn reserve_slot(
+    conn: &Arc<ConnShared>,
+    id: u32,
+) -> Option<parking_lot::MutexGuard<'_, std::collections::HashMap<u32, Inbound>>> {
+    let table = conn.inbound.lock();
+    if table.contains_key(&id) {
+        drop(table);
+        conn.protocol_error(id, "Call reuses the id of a call still running");
+        return None;
+    }
+    if table.len() >= conn.limits.max_calls_in_flight {
+        let running = table.len();
+        drop(table);
+        conn.send_error(
+            id,
+            &RpcError::busy(format!(
+                "{running} calls are already running on this connection (Limits::max_calls_in_flight); retry later"
+            )),
+        );
+        return None;
+    }
+    Some(table)
+}
+
+/// Handles a Call frame: checks it, reserves a slot and spawns the handler's task. On a
+/// routing server, a call with a route section goes to the router instead.
 pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     let id = frame.id;
     if id == 0 || conn.is_local_id(id) {
@@ -63,14 +105,15 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
             &RpcError::disconnected("the server is shutting down; retry on a new connection"),
         );
     }
-    if frame.route.is_some() {
-        return conn.send_error(
-            id,
-            &RpcError::new(ErrorKind::PeerNotFound, "this server does not route peer calls"),
-        );
-    }
-    let depth = conn.limits.depth_limit();
-    let head = match CallHead::decode(&frame.body, depth) {
+    let source = match (&frame.route, conn.role) {
+        (Some(_), super::Role::Acceptor) => return crate::kernel::router::route_call(conn, frame),
+        (Some(route), super::Role::Dialer) => match RouteSource::decode(route) {
+            Ok(source) => Some(Arc::new(source)),
+            Err(_) => return conn.protocol_error(id, "malformed route source"),
+        },
+        (None, _) => None,
+    };
+    let head = match CallHead::decode(&frame.body, conn.limits.depth_limit()) {
         Ok(head) => head,
         Err(e) => {
             return conn
@@ -86,7 +129,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
                 action = head.action,
                 "{e}"
             );
-            return conn.send_error(id, &e);
+            return conn.send_error(id, &conn.kernel.present_error(e));
         }
     };
     // The argument bytes stay in the receive buffer they arrived in: no copy.
@@ -94,26 +137,20 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     let args = frame.body.slice(args_start..args_start + head.args.len());
     let deadline =
         head.timeout_ms.map(|ms| Duration::from_millis(ms).min(conn.limits.max_call_timeout));
-    let credit = resolved.action.kind.streams_out().then(|| {
+    let kind = resolved.action.kind;
+    let (args_tx, args_rx) = match kind.streams_in() {
+        true => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let credit = kind.streams_out().then(|| {
         let window = if head.window == 0 { conn.limits.stream_window } else { head.window };
         Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS as u32) as usize))
     });
 
-    let mut table = conn.inbound.lock();
-    if table.contains_key(&id) {
-        drop(table);
-        return conn.protocol_error(id, "Call reuses the id of a call still running");
-    }
-    if table.len() >= conn.limits.max_calls_in_flight {
-        let running = table.len();
-        drop(table);
-        return conn.send_error(
-            id,
-            &RpcError::busy(format!(
-                "{running} calls are already running on this connection (Limits::max_calls_in_flight); retry later"
-            )),
-        );
-    }
+    let Some(mut table) = reserve_slot(conn, id) else { return };
     conn.kernel.stats_call_started();
     let guard = SlotGuard { conn: conn.clone(), id };
     let ctx = Context {
@@ -122,9 +159,15 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         controller: resolved.controller_name,
         action: resolved.action,
         call_id: id,
-        source: None,
+        source,
     };
-    let responder = Responder { conn: conn.clone(), id, ctx, credit: credit.clone() };
+    let responder = Responder {
+        conn: conn.clone(),
+        id,
+        ctx,
+        credit: credit.clone(),
+        args: parking_lot::Mutex::new(args_rx),
+    };
     let task = tokio::spawn(run_call(
         guard,
         resolved.controller,
@@ -133,7 +176,12 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         responder,
         deadline,
     ));
-    table.insert(id, Inbound { abort: Some(task.abort_handle()), credit });
+    table.insert(id, Inbound::Local { abort: Some(task.abort_handle()), credit, args: args_tx });
+    drop(table);
+    if kind.streams_in() {
+        // The caller may start its argument stream: one window of items.
+        conn.send_credit(id, conn.limits.stream_window.max(1));
+    }
 }
 
 /// The body of a call's task.
@@ -234,13 +282,45 @@ fn report_panic(
     conn.answer_error(id, &conn.kernel.present_error(error));
 }
 
-/// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped.
+/// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped. A
+/// routed call is cancelled at its callee.
 pub(crate) fn cancel(conn: &Arc<ConnShared>, id: u32) {
-    let table = conn.inbound.lock();
-    if let Some(call) = table.get(&id)
-        && let Some(handle) = &call.abort
-    {
-        handle.abort();
+    let mut table = conn.inbound.lock();
+    match table.get(&id) {
+        Some(Inbound::Local { abort: Some(handle), .. }) => handle.abort(),
+        Some(Inbound::Routing { .. } | Inbound::Routed { .. }) => {
+            if let Some(call) = table.remove(&id) {
+                drop(table);
+                call.abort();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Handles an Item or End of the argument stream the caller sends on its call `id`.
+pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
+    let mut table = conn.inbound.lock();
+    match table.get_mut(&frame.id) {
+        Some(Inbound::Local { args: args @ Some(_), .. }) => {
+            if let Some(tx) = args.as_ref() {
+                let _ = tx.send(frame.clone());
+            }
+            if frame.kind == Kind::End {
+                *args = None;
+            }
+        }
+        Some(Inbound::Routed { callee, callee_id }) => {
+            let (callee, callee_id) = (callee.clone(), *callee_id);
+            drop(table);
+            super::calls::forward(&callee, frame.kind, callee_id, &frame.body);
+        }
+        Some(Inbound::Local { args: None, .. }) => {
+            drop(table);
+            conn.protocol_error(frame.id, "stream item for a call that takes no (more) stream");
+        }
+        // Late items of a call that ended: expected, ignored.
+        _ => {}
     }
 }
 
@@ -251,10 +331,18 @@ pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
         Err(_) => return conn.protocol_error(frame.id, "malformed Credit"),
     };
     let table = conn.inbound.lock();
-    if let Some(Inbound { credit: Some(credit), .. }) = table.get(&frame.id)
-        && credit.available_permits() + n <= Semaphore::MAX_PERMITS
-    {
-        credit.add_permits(n);
+    match table.get(&frame.id) {
+        Some(Inbound::Local { credit: Some(credit), .. }) => {
+            if credit.available_permits() + n <= Semaphore::MAX_PERMITS {
+                credit.add_permits(n);
+            }
+        }
+        Some(Inbound::Routed { callee, callee_id }) => {
+            let (callee, callee_id) = (callee.clone(), *callee_id);
+            drop(table);
+            super::calls::forward(&callee, Kind::Credit, callee_id, &frame.body);
+        }
+        _ => {}
     }
 }
 

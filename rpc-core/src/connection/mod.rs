@@ -74,6 +74,8 @@ pub(crate) struct ConnShared {
     /// Calls the remote accepts at once (from its Hello): calls beyond wait here for a slot
     /// rather than be refused with `Busy`.
     pub(crate) call_slots: Arc<Semaphore>,
+    /// The peer alias this connection registered (on the routing server).
+    pub(crate) peer_alias: Mutex<Option<String>>,
 }
 
 impl ConnShared {
@@ -106,6 +108,7 @@ impl ConnShared {
             local_controllers: Mutex::new(HashMap::new()),
             errors: Mutex::new((Instant::now(), 0)),
             auth_generation: AtomicU32::new(0),
+            peer_alias: Mutex::new(None),
             call_slots: Arc::new(Semaphore::new(
                 (remote_max_calls.max(1) as usize).min(Semaphore::MAX_PERMITS),
             )),
@@ -174,9 +177,16 @@ impl ConnShared {
         self.outbox.close();
         self.call_slots.close();
         self.closed_tx.send_replace(true);
-        // Dropping the senders wakes every waiting call with the close reason.
+        let alias = self.peer_alias.lock().take();
+        if let Some(alias) = &alias {
+            self.kernel.router().release(alias, self.id);
+        }
+        // Dropping the senders wakes every waiting call with the close reason; routed calls
+        // answer their callers that the peer left.
         let pending = std::mem::take(&mut *self.outbound.lock());
-        drop(pending);
+        for (_, call) in pending {
+            call.fail(alias.as_deref());
+        }
         let running = std::mem::take(&mut *self.inbound.lock());
         for (_, call) in running {
             call.abort();
@@ -257,30 +267,21 @@ impl ConnShared {
     }
 
     /// Handles one received frame. Never awaits: work that waits runs in its own task.
+    ///
+    /// Whether a frame concerns a call this side started or one the remote started follows
+    /// from its id's parity, so both sides can stream on the same call at once.
     pub(crate) fn handle_frame(self: &Arc<Self>, frame: Frame) {
+        let local = self.is_local_id(frame.id);
         match frame.kind {
             Kind::Call => inbound::start_call(self, frame),
-            Kind::Cancel => {
-                if self.is_local_id(frame.id) {
-                    self.protocol_error(frame.id, "Cancel for a call this side started");
-                } else {
-                    inbound::cancel(self, frame.id);
-                }
+            Kind::Cancel if !local => inbound::cancel(self, frame.id),
+            Kind::Reply | Kind::Error | Kind::StreamOpen if local => {
+                calls::on_response(self, frame)
             }
-            Kind::Reply | Kind::Error | Kind::StreamOpen | Kind::Item | Kind::End => {
-                if self.is_local_id(frame.id) {
-                    calls::on_response(self, frame);
-                } else {
-                    self.protocol_error(frame.id, "response frame for a call the remote started");
-                }
-            }
-            Kind::Credit => {
-                if self.is_local_id(frame.id) {
-                    // Credit for a client stream we produce: not used by this revision.
-                } else {
-                    inbound::credit(self, frame);
-                }
-            }
+            Kind::Item | Kind::End if local => calls::on_response(self, frame),
+            Kind::Item | Kind::End => inbound::argument_frame(self, frame),
+            Kind::Credit if local => calls::on_credit(self, frame),
+            Kind::Credit => inbound::credit(self, frame),
             Kind::Ping => {
                 let _ = self.outbox.push(Kind::Pong, frame.id, None, |_| Ok(()));
             }
@@ -304,10 +305,17 @@ impl ConnShared {
                 }
             }
             Kind::Auth => inbound::authenticate(self, frame),
-            Kind::Hello => self.protocol_error(0, "Hello after the handshake"),
-            Kind::Chunk | Kind::ChunkCredit | Kind::PeerRegister | Kind::PeerUnregister => {
-                self.protocol_error(frame.id, "this server does not support that message yet")
+            Kind::PeerRegister | Kind::PeerUnregister if self.role == Role::Acceptor => {
+                crate::kernel::router::handle_registration(self, frame)
             }
+            Kind::Hello => self.protocol_error(0, "Hello after the handshake"),
+            Kind::Chunk | Kind::ChunkCredit => {
+                self.protocol_error(frame.id, "chunked messages are not enabled on this connection")
+            }
+            other => self.protocol_error(
+                frame.id,
+                &format!("{other:?} with an id from the wrong side's id space"),
+            ),
         }
     }
 }

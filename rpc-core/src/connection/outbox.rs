@@ -158,10 +158,6 @@ impl Outbox {
         drop(st);
         self.ready.notify_one();
     }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.state.lock().closed
-    }
 }
 
 #[cfg(test)]

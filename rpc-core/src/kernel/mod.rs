@@ -10,6 +10,7 @@
 pub mod context;
 pub mod controller;
 pub mod responder;
+pub(crate) mod router;
 pub mod security;
 pub mod stats;
 
@@ -56,6 +57,7 @@ struct KernelInner {
     connections: Mutex<HashMap<u64, Connection>>,
     next_connection_id: AtomicU64,
     counters: Counters,
+    router: router::Router,
 }
 
 /// The registry of controllers and the policy that guards them. Cheap to clone: clones share
@@ -119,6 +121,7 @@ impl RpcKernel {
                 connections: Mutex::new(HashMap::new()),
                 next_connection_id: AtomicU64::new(1),
                 counters: Counters::default(),
+                router: router::Router::default(),
             }),
         }
     }
@@ -248,7 +251,13 @@ impl RpcKernel {
 
     /// A snapshot of the kernel's counters.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        stats.peers = self.inner.router.len() as u64;
+        stats
+    }
+
+    pub(crate) fn router(&self) -> &router::Router {
+        &self.inner.router
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {

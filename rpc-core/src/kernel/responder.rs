@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::connection::ConnShared;
 use crate::error::RpcError;
 use crate::kernel::context::Context;
 use crate::kernel::controller::ActionError;
 use crate::protocol::codec::{self, ArgsReader};
-use crate::protocol::frame::Kind;
+use crate::protocol::frame::{Frame, Kind};
 use crate::stream::RpcStream;
 
 /// Proof that an action's answer has been queued.
@@ -37,6 +37,8 @@ pub struct Responder {
     pub(crate) id: u32,
     pub(crate) ctx: Context,
     pub(crate) credit: Option<Arc<Semaphore>>,
+    /// The caller's argument stream, until the handler takes it.
+    pub(crate) args: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
 }
 
 impl Responder {
@@ -50,13 +52,16 @@ impl Responder {
         ArgsReader::new(args, self.conn.limits.depth_limit())
     }
 
-    /// Client streaming arguments arrive in a later protocol revision of this crate.
+    /// The caller's argument stream (for an action with an `RpcStream<T>` parameter), read
+    /// with the same credit-based flow control as result streams. Can be taken once.
     pub fn arg_stream<T: DeserializeOwned + Send + 'static>(
         &self,
     ) -> Result<RpcStream<T>, RpcError> {
-        Err(RpcError::bad_arguments(
-            "this action takes a client stream, which this server does not support",
-        ))
+        let rx = self.args.lock().take().ok_or_else(|| {
+            RpcError::bad_arguments("this action takes no argument stream (or it was taken)")
+        })?;
+        let window = self.conn.limits.stream_window.max(1);
+        Ok(RpcStream::remote_arguments(rx, self.conn.clone(), self.id, window))
     }
 
     /// Answers with a value.

@@ -31,6 +31,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Bytes received.
     pub bytes_in: u64,
+    /// Peer aliases registered now.
+    pub peers: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +60,7 @@ impl Counters {
             messages_out: self.messages_out.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
+            peers: 0,
         }
     }
 }

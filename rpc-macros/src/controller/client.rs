@@ -110,7 +110,7 @@ fn method(controller: &Controller, action: &Action) -> TokenStream {
 
     quote! {
         #(#docs)*
-        pub async fn #ident(&self, #(#params),*) -> ::core::result::Result<#ok, ::rpc_core::RpcError> {
+        pub async fn #ident(&self #(, #params)*) -> ::core::result::Result<#ok, ::rpc_core::RpcError> {
             #call
         }
     }

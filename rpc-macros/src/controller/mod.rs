@@ -51,12 +51,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             let mut errors: Option<syn::Error> = name.err();
             let item = match parsed {
                 Ok(controller) => controller.item,
-                Err((error, item)) => {
+                Err(model::Invalid { error, item }) => {
                     match &mut errors {
                         Some(errors) => errors.combine(error),
                         None => errors = Some(error),
                     }
-                    item
+                    *item
                 }
             };
             let errors = errors.map(|e| e.to_compile_error());

@@ -168,9 +168,16 @@ impl Errors {
 /// Names the generated client defines itself: an action cannot take them.
 const RESERVED_CLIENT_METHODS: &[&str] = &["with_timeout", "from_target"];
 
+/// A trait with mistakes: every error found, and the trait to emit beside them (so code using
+/// it still resolves, and the user sees the real mistakes rather than a cascade).
+pub struct Invalid {
+    pub error: syn::Error,
+    pub item: Box<ItemTrait>,
+}
+
 /// Checks the trait and reads its actions. `item` keeps its `#[action]` attributes; the returned
 /// [`Controller::item`] has them removed.
-pub fn parse(name: LitStr, mut item: ItemTrait) -> Result<Controller, (syn::Error, ItemTrait)> {
+pub fn parse(name: LitStr, mut item: ItemTrait) -> Result<Controller, Invalid> {
     let mut errors = Errors::default();
     let original = item.clone();
     strip_action_attrs(&mut item);
@@ -209,7 +216,7 @@ pub fn parse(name: LitStr, mut item: ItemTrait) -> Result<Controller, (syn::Erro
         Ok(()) => Ok(Controller { name, item, actions }),
         Err(error) => {
             quiet_patterns(&mut item);
-            Err((error, item))
+            Err(Invalid { error, item: Box::new(item) })
         }
     }
 }
@@ -404,13 +411,12 @@ fn parse_param(typed: &syn::PatType) -> syn::Result<Param> {
     };
 
     match unwrap_groups(&ty) {
+        Type::Reference(_) if kind == ParamKind::Context => {}
         Type::Reference(reference) if last_segment_is(&reference.elem, "Context").is_some() => {
-            if reference.mutability.is_some() {
-                return Err(syn::Error::new_spanned(
-                    &ty,
-                    "the context is shared by the whole call: take `&Context`, not `&mut Context`",
-                ));
-            }
+            return Err(syn::Error::new_spanned(
+                &ty,
+                "the context is shared by the whole call: take `&Context`, not `&mut Context`",
+            ));
         }
         Type::Reference(_) => {
             return Err(syn::Error::new_spanned(
@@ -457,23 +463,23 @@ fn check_param_counts(params: &[Param], errors: &mut Errors) {
 
 /// Reads a return type: streams and `Result`s by the last segment of their path.
 fn classify_output(ty: &Type) -> Output {
-    if let Type::Tuple(tuple) = unwrap_groups(ty) {
-        if tuple.elems.is_empty() {
-            return Output::Unit;
-        }
+    if let Type::Tuple(tuple) = unwrap_groups(ty)
+        && tuple.elems.is_empty()
+    {
+        return Output::Unit;
     }
     if last_segment_is(ty, "RpcStream").is_some() {
         return Output::Stream(ty.clone());
     }
-    if let Some(args) = last_segment_is(ty, "Result").and_then(type_args) {
-        if let [ok, _err] = args.as_slice() {
-            let ok = (*ok).clone();
-            return if last_segment_is(&ok, "RpcStream").is_some() {
-                Output::StreamResult { full: ty.clone(), stream: ok }
-            } else {
-                Output::Result { full: ty.clone(), ok }
-            };
-        }
+    if let Some(args) = last_segment_is(ty, "Result").and_then(type_args)
+        && let [ok, _err] = args.as_slice()
+    {
+        let ok = (*ok).clone();
+        return if last_segment_is(&ok, "RpcStream").is_some() {
+            Output::StreamResult { full: ty.clone(), stream: ok }
+        } else {
+            Output::Result { full: ty.clone(), ok }
+        };
     }
     Output::Value(ty.clone())
 }
@@ -787,7 +793,7 @@ mod tests {
                 type X;
             }
         };
-        let (error, stripped) = parse(parse_quote!("t"), item).err().unwrap();
+        let Invalid { error, item: stripped } = parse(parse_quote!("t"), item).err().unwrap();
         let messages: Vec<_> = error.into_iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].contains("holds only actions"), "{messages:?}");

@@ -48,10 +48,10 @@ fn method(action: &Action) -> TokenStream {
         None => {
             // `mut x` is only allowed where there is a body.
             for input in &mut inputs {
-                if let FnArg::Typed(typed) = input {
-                    if let Pat::Ident(pat) = &mut *typed.pat {
-                        pat.mutability = None;
-                    }
+                if let FnArg::Typed(typed) = input
+                    && let Pat::Ident(pat) = &mut *typed.pat
+                {
+                    pat.mutability = None;
                 }
             }
             quote! {
