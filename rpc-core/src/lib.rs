@@ -21,6 +21,8 @@ pub use kernel::controller::{
     ActionError, ActionFuture, ActionInfo, ActionKind, Controller, ControllerClient,
     ControllerDescriptor, NoArgs,
 };
+pub use kernel::events::Event;
+pub use kernel::middleware::{Middleware, Next, Trace};
 pub use kernel::responder::{Replied, Responder};
 pub use kernel::security::{ControllerAccess, Security, Session, Token};
 pub use kernel::stats::Stats;

@@ -130,8 +130,12 @@ pub(crate) async fn accept<T: Transport>(
     };
     let id = kernel.next_connection_id();
     writer.write(hello_bytes(id, limits.max_calls_in_flight)).await?;
-    decoder.set_limit(limits.frame_limit());
     let shared = ConnShared::new(id, Role::Acceptor, info, kernel.clone(), limits, hello.max_calls);
+    if !kernel.security().is_none_or(|s| s.allow_anonymous()) {
+        // Until it authenticates: only Auth and Ping, in small frames, within a deadline.
+        shared.authenticated.store(false, Ordering::Release);
+        shared.frame_limit.store(shared.limits.max_preauth_frame_size, Ordering::Release);
+    }
     let connection = Connection { shared: shared.clone() };
     kernel.connection_opened(&connection);
     start_loops(&shared, reader, writer, decoder);
@@ -187,7 +191,11 @@ async fn read_loop<R: TransportReader>(
     let mut last_read = Instant::now();
     let mut frame_started: Option<Instant> = None;
     let mut pings_unanswered = 0u32;
+    let auth_deadline = last_read + limits.auth_timeout;
     let mut next_check = last_read + limits.keepalive_interval.min(limits.frame_timeout);
+    if !shared.authenticated.load(Ordering::Acquire) {
+        next_check = next_check.min(last_read + limits.auth_timeout);
+    }
     let timer = tokio::time::sleep_until(next_check);
     tokio::pin!(timer);
 
@@ -227,6 +235,10 @@ async fn read_loop<R: TransportReader>(
             },
             _ = &mut timer => {
                 let now = Instant::now();
+                if !shared.authenticated.load(Ordering::Acquire) && now >= auth_deadline {
+                    shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication timeout (Limits::auth_timeout)");
+                    break;
+                }
                 if let Some(started) = frame_started && now >= started + limits.frame_timeout {
                     shared.close_with_goaway(GoAwayCode::FrameTimeout, "a frame did not complete in time (Limits::frame_timeout)");
                     break;
@@ -246,6 +258,9 @@ async fn read_loop<R: TransportReader>(
                     Some(started) => keepalive_due.min(started + limits.frame_timeout),
                     None => keepalive_due,
                 };
+                if !shared.authenticated.load(Ordering::Acquire) {
+                    next_check = next_check.min(auth_deadline);
+                }
                 timer.as_mut().reset(next_check);
             }
         }

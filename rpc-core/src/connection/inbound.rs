@@ -17,7 +17,10 @@ use tokio::task::AbortHandle;
 use super::ConnShared;
 use crate::error::{ErrorKind, RpcError};
 use crate::kernel::context::Context;
-use crate::kernel::responder::{Responder, correlation_id};
+use crate::kernel::controller::ActionFuture;
+use crate::kernel::events::Event;
+use crate::kernel::middleware::Next;
+use crate::kernel::responder::{Replied, Responder, correlation_id};
 use crate::kernel::security::{ControllerAccess, Token};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
@@ -184,7 +187,8 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     }
 }
 
-/// The body of a call's task.
+/// The body of a call's task: access check, argument decoding, middleware, the handler,
+/// the caller's deadline, and panics turned into `Internal` errors.
 async fn run_call(
     guard: SlotGuard,
     controller: Arc<dyn crate::Controller>,
@@ -195,13 +199,20 @@ async fn run_call(
 ) {
     let conn = guard.conn.clone();
     let id = guard.id;
-    let started = Instant::now();
     let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
+    let kernel = conn.kernel.clone();
 
-    if let Some(security) = conn.kernel.security() {
+    if let Some(security) = kernel.security() {
         let access = ControllerAccess::new(controller_name, action);
         let session = responder.ctx.session.clone();
-        if !security.has_controller_access(&session, &access).await {
+        let allowed = security.has_controller_access(&session, &access).await;
+        kernel.emit(|| Event::AccessDecided {
+            connection: conn.id,
+            controller: controller_name,
+            action: action.name,
+            allowed,
+        });
+        if !allowed {
             tracing::debug!(
                 connection = conn.id,
                 controller = controller_name,
@@ -219,24 +230,37 @@ async fn run_call(
                     action.name
                 ))
             };
-            conn.answer_error(id, &conn.kernel.present_error(error));
+            conn.answer_error(id, &kernel.present_error(error));
             return;
         }
     }
 
+    let layered = kernel.middleware().map(|chain| (chain, responder.ctx.clone()));
     // Decoding the arguments runs user Deserialize impls: a panic there is caught too.
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+    let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| {
         controller.call(index, &args, responder)
     })) {
         Ok(Ok(future)) => future,
         Ok(Err(error)) => {
             tracing::debug!(connection = conn.id, controller = controller_name, action = action.name, %error, "call rejected");
-            conn.answer_error(id, &conn.kernel.present_error(error));
+            conn.answer_error(id, &kernel.present_error(error));
             return;
         }
         Err(panic) => return report_panic(&conn, id, controller_name, action.name, panic),
     };
     drop(args);
+    let future: ActionFuture = match layered {
+        Some((chain, ctx)) => Box::pin(Next::new(chain, handler, ctx, conn.clone()).run()),
+        None => handler,
+    };
+
+    kernel.emit(|| Event::ActionStarted {
+        connection: conn.id,
+        controller: controller_name,
+        action: action.name,
+        call_id: id,
+    });
+    let started = Instant::now();
     let outcome = match deadline {
         Some(d) => match tokio::time::timeout(d, AssertUnwindSafe(future).catch_unwind()).await {
             Ok(outcome) => outcome,
@@ -249,17 +273,26 @@ async fn run_call(
                     ),
                 );
                 conn.answer_error(id, &error);
-                return;
+                Ok(Replied::failed(ErrorKind::Timeout))
             }
         },
         None => AssertUnwindSafe(future).catch_unwind().await,
     };
-    match outcome {
-        Ok(_replied) => {
-            tracing::trace!(connection = conn.id, controller = controller_name, action = action.name, elapsed = ?started.elapsed(), "call done");
+    let outcome = match outcome {
+        Ok(replied) => replied.outcome(),
+        Err(panic) => {
+            report_panic(&conn, id, controller_name, action.name, panic);
+            Err(ErrorKind::Internal)
         }
-        Err(panic) => report_panic(&conn, id, controller_name, action.name, panic),
-    }
+    };
+    kernel.emit(|| Event::ActionFinished {
+        connection: conn.id,
+        controller: controller_name,
+        action: action.name,
+        call_id: id,
+        elapsed: started.elapsed(),
+        outcome,
+    });
     drop(guard);
 }
 
@@ -365,7 +398,13 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
         match result {
             Ok(session) => {
                 let name = session.username().to_string();
+                // The new session replaces the old one whole.
                 *conn.session.write() = Arc::new(session);
+                conn.frame_limit
+                    .store(conn.limits.frame_limit(), std::sync::atomic::Ordering::Release);
+                conn.authenticated.store(true, std::sync::atomic::Ordering::Release);
+                conn.kernel
+                    .emit(|| Event::Authenticated { connection: conn.id, username: name.clone() });
                 tracing::debug!(connection = conn.id, user = %name, elapsed = ?started.elapsed(), "authenticated");
                 let _ = conn
                     .outbox
@@ -373,6 +412,7 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
             }
             Err(e) => {
                 tracing::info!(connection = conn.id, reason = %e, "authentication failed");
+                conn.kernel.emit(|| Event::AuthenticationFailed { connection: conn.id });
                 // The same message whatever the cause: no oracle for guessing tokens.
                 conn.send_error(id, &RpcError::unauthenticated("authentication failed"));
                 conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");

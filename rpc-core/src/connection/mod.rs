@@ -74,6 +74,10 @@ pub(crate) struct ConnShared {
     /// Calls the remote accepts at once (from its Hello): calls beyond wait here for a slot
     /// rather than be refused with `Busy`.
     pub(crate) call_slots: Arc<Semaphore>,
+    /// Whether the remote may call actions (anonymous access allowed, or authenticated).
+    pub(crate) authenticated: AtomicBool,
+    /// Frames sent before authenticating that were not allowed then.
+    preauth_strikes: AtomicU32,
     /// The peer alias this connection registered (on the routing server).
     pub(crate) peer_alias: Mutex<Option<String>>,
 }
@@ -109,6 +113,8 @@ impl ConnShared {
             errors: Mutex::new((Instant::now(), 0)),
             auth_generation: AtomicU32::new(0),
             peer_alias: Mutex::new(None),
+            authenticated: AtomicBool::new(true),
+            preauth_strikes: AtomicU32::new(0),
             call_slots: Arc::new(Semaphore::new(
                 (remote_max_calls.max(1) as usize).min(Semaphore::MAX_PERMITS),
             )),
@@ -148,7 +154,9 @@ impl ConnShared {
     /// The error calls see once the connection is gone.
     pub(crate) fn disconnect_error(&self) -> RpcError {
         match &*self.close_reason.lock() {
-            Some(e) if e.kind() == ErrorKind::Disconnected => e.clone(),
+            Some(e) if matches!(e.kind(), ErrorKind::Disconnected | ErrorKind::Unauthenticated) => {
+                e.clone()
+            }
             Some(e) => RpcError::disconnected(format!("the connection closed: {e}")),
             None => RpcError::disconnected("the connection closed"),
         }
@@ -167,6 +175,7 @@ impl ConnShared {
             return;
         }
         tracing::debug!(connection = self.id, %reason, "connection closing");
+        self.kernel.connection_closed(self.id, &reason);
         *self.close_reason.lock() = Some(reason);
         if let Some(goaway) = goaway {
             let _ = self.outbox.push(Kind::GoAway, 0, None, |buf| {
@@ -192,7 +201,6 @@ impl ConnShared {
             call.abort();
         }
         self.local_controllers.lock().clear();
-        self.kernel.connection_closed(self.id);
     }
 
     /// Sends an Error frame for call `id`.
@@ -253,6 +261,15 @@ impl ConnShared {
         }
     }
 
+    /// Answers a frame sent before authentication: one `Unauthenticated` error, then close.
+    fn refuse_unauthenticated(&self, id: u32) {
+        if self.preauth_strikes.fetch_add(1, Ordering::AcqRel) == 0 && id != 0 {
+            self.send_error(id, &RpcError::unauthenticated("authenticate before calling"));
+        } else {
+            self.close_with_goaway(GoAwayCode::Unauthenticated, "calls before authentication");
+        }
+    }
+
     /// Closes with a GoAway carrying `code` and `reason`.
     pub(crate) fn close_with_goaway(&self, code: GoAwayCode, reason: &str) {
         let error = match code {
@@ -271,6 +288,11 @@ impl ConnShared {
     /// Whether a frame concerns a call this side started or one the remote started follows
     /// from its id's parity, so both sides can stream on the same call at once.
     pub(crate) fn handle_frame(self: &Arc<Self>, frame: Frame) {
+        if !self.authenticated.load(Ordering::Acquire)
+            && !matches!(frame.kind, Kind::Auth | Kind::Ping | Kind::Pong | Kind::GoAway)
+        {
+            return self.refuse_unauthenticated(frame.id);
+        }
         let local = self.is_local_id(frame.id);
         match frame.kind {
             Kind::Call => inbound::start_call(self, frame),
@@ -295,13 +317,13 @@ impl ConnShared {
                     // Calls in flight finish; new calls go elsewhere.
                     self.draining.store(true, Ordering::Relaxed);
                 } else {
-                    self.close(
-                        RpcError::disconnected(format!(
-                            "the remote closed the connection: {}",
-                            goaway.reason
-                        )),
-                        None,
-                    );
+                    let reason = format!("the remote closed the connection: {}", goaway.reason);
+                    let error = match goaway.code {
+                        GoAwayCode::Unauthenticated => RpcError::unauthenticated(reason),
+                        GoAwayCode::TooLarge => RpcError::too_large(reason),
+                        _ => RpcError::disconnected(reason),
+                    };
+                    self.close(error, None);
                 }
             }
             Kind::Auth => inbound::authenticate(self, frame),

@@ -27,6 +27,7 @@ use crate::protocol::message::RouteSource;
 ///     }
 /// }
 /// ```
+#[derive(Clone)]
 pub struct Context {
     pub(crate) connection: Connection,
     pub(crate) session: Arc<Session>,

@@ -9,6 +9,8 @@
 
 pub mod context;
 pub mod controller;
+pub mod events;
+pub mod middleware;
 pub mod responder;
 pub(crate) mod router;
 pub mod security;
@@ -16,7 +18,7 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -27,6 +29,8 @@ use crate::transport::Transport;
 use controller::{ActionInfo, Controller, ControllerDescriptor};
 use security::{DefaultSecurity, Security, SharedSecurity};
 use stats::{Counters, Stats};
+
+type Listener = Arc<dyn Fn(&events::Event) + Send + Sync>;
 
 type Factory = Arc<dyn Fn(&Connection) -> Arc<dyn Controller> + Send + Sync>;
 
@@ -58,6 +62,9 @@ struct KernelInner {
     next_connection_id: AtomicU64,
     counters: Counters,
     router: router::Router,
+    listeners: RwLock<Vec<Listener>>,
+    has_listeners: AtomicBool,
+    middleware: RwLock<middleware::Chain>,
 }
 
 /// The registry of controllers and the policy that guards them. Cheap to clone: clones share
@@ -122,6 +129,9 @@ impl RpcKernel {
                 next_connection_id: AtomicU64::new(1),
                 counters: Counters::default(),
                 router: router::Router::default(),
+                listeners: RwLock::new(Vec::new()),
+                has_listeners: AtomicBool::new(false),
+                middleware: RwLock::new(Arc::new([])),
             }),
         }
     }
@@ -178,6 +188,56 @@ impl RpcKernel {
     pub fn set_security<S: Security>(&self, security: S) -> &Self {
         *self.inner.security.write() = Some(Arc::new(security));
         self
+    }
+
+    /// Calls `listener` with every [`Event`](events::Event) of this kernel (connections,
+    /// authentication, access decisions, actions with timings).
+    ///
+    /// ```
+    /// use rpc_core::{Event, RpcKernel};
+    ///
+    /// let kernel = RpcKernel::new();
+    /// kernel.on_event(|event| {
+    ///     if let Event::ActionFinished { controller, action, elapsed, outcome, .. } = event {
+    ///         println!("{controller}.{action} took {elapsed:?}: {outcome:?}");
+    ///     }
+    /// });
+    /// ```
+    pub fn on_event(&self, listener: impl Fn(&events::Event) + Send + Sync + 'static) -> &Self {
+        self.inner.listeners.write().push(Arc::new(listener));
+        self.inner.has_listeners.store(true, Relaxed);
+        self
+    }
+
+    /// Whether anyone listens to events (cheap; checked before building one).
+    pub(crate) fn observed(&self) -> bool {
+        self.inner.has_listeners.load(Relaxed)
+    }
+
+    /// Delivers an event to every listener; `event` is only built if someone listens.
+    pub(crate) fn emit(&self, event: impl FnOnce() -> events::Event) {
+        if !self.observed() {
+            return;
+        }
+        let event = event();
+        let listeners = self.inner.listeners.read().clone();
+        for listener in listeners {
+            listener(&event);
+        }
+    }
+
+    /// Adds a layer around every action this kernel runs; the first added is the outermost.
+    pub fn add_middleware<M: middleware::Middleware>(&self, layer: M) -> &Self {
+        let mut chain = self.inner.middleware.write();
+        let mut layers: Vec<Arc<dyn middleware::DynMiddleware>> = chain.iter().cloned().collect();
+        layers.push(Arc::new(layer));
+        *chain = layers.into();
+        self
+    }
+
+    pub(crate) fn middleware(&self) -> Option<middleware::Chain> {
+        let chain = self.inner.middleware.read();
+        (!chain.is_empty()).then(|| chain.clone())
     }
 
     pub(crate) fn security(&self) -> Option<SharedSecurity> {
@@ -265,18 +325,27 @@ impl RpcKernel {
     }
 
     pub(crate) fn connection_opened(&self, conn: &Connection) {
+        self.emit(|| events::Event::ConnectionOpened {
+            connection: conn.id(),
+            remote_addr: conn.remote_addr(),
+            transport: conn.transport().kind,
+        });
         let c = &self.inner.counters;
         c.connections.fetch_add(1, Relaxed);
         c.total_connections.fetch_add(1, Relaxed);
         self.inner.connections.lock().insert(conn.id(), conn.clone());
         if conn.is_closed() {
-            self.connection_closed(conn.id());
+            self.connection_closed(conn.id(), &conn.shared.disconnect_error());
         }
     }
 
-    pub(crate) fn connection_closed(&self, id: u64) {
+    pub(crate) fn connection_closed(&self, id: u64, reason: &RpcError) {
         if self.inner.connections.lock().remove(&id).is_some() {
             self.inner.counters.connections.fetch_sub(1, Relaxed);
+            self.emit(|| events::Event::ConnectionClosed {
+                connection: id,
+                reason: reason.to_string(),
+            });
         }
     }
 

@@ -13,21 +13,33 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::connection::ConnShared;
-use crate::error::RpcError;
+use crate::error::{ErrorKind, RpcError};
 use crate::kernel::context::Context;
 use crate::kernel::controller::ActionError;
 use crate::protocol::codec::{self, ArgsReader};
 use crate::protocol::frame::{Frame, Kind};
 use crate::stream::RpcStream;
 
-/// Proof that an action's answer has been queued.
-#[derive(Debug)]
+/// Proof that an action's answer has been queued, with how the call ended (what
+/// middleware and events see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
-pub struct Replied(());
+pub struct Replied {
+    outcome: Result<(), ErrorKind>,
+}
 
 impl Replied {
-    pub(crate) fn new() -> Replied {
-        Replied(())
+    pub(crate) fn ok() -> Replied {
+        Replied { outcome: Ok(()) }
+    }
+
+    pub(crate) fn failed(kind: ErrorKind) -> Replied {
+        Replied { outcome: Err(kind) }
+    }
+
+    /// `Ok` if the caller got a value (or a completed stream), else the kind of error it got.
+    pub fn outcome(&self) -> Result<(), ErrorKind> {
+        self.outcome
     }
 }
 
@@ -72,9 +84,11 @@ impl Responder {
         if let Err(e) = pushed {
             let e = e.into_rpc_error(self.conn.limits.frame_limit());
             self.conn.on_push_error(&e);
+            let kind = e.kind();
             self.conn.send_error(self.id, &self.conn.kernel.present_error(e));
+            return Replied::failed(kind);
         }
-        Replied::new()
+        Replied::ok()
     }
 
     /// Answers with a value or an error (declared errors travel whole; others are hidden).
@@ -88,8 +102,9 @@ impl Responder {
     /// Answers with an error.
     pub fn reply_error<E: ActionError>(self, error: E) -> Replied {
         let error = error_for_caller(error, &self.ctx);
+        let kind = error.kind();
         self.conn.answer_error(self.id, &self.conn.kernel.present_error(error));
-        Replied::new()
+        Replied::failed(kind)
     }
 
     /// Answers with a stream: accepts the subscription, then sends items as the caller grants
@@ -107,7 +122,7 @@ impl Responder {
             .push(Kind::StreamOpen, self.id, None, |buf| codec::encode_into(buf, &0u32))
             .is_err()
         {
-            return Replied::new();
+            return Replied::failed(ErrorKind::Disconnected);
         }
         self.conn.kernel.stats_stream_opened();
         let _open = StreamGauge(self.conn.kernel.clone());
@@ -115,7 +130,7 @@ impl Responder {
             // Credit first: the producer never runs ahead of what the consumer granted.
             match credit.acquire().await {
                 Ok(permit) => permit.forget(),
-                Err(_) => return Replied::new(),
+                Err(_) => return Replied::failed(ErrorKind::Disconnected),
             }
             match stream.next().await {
                 Some(Ok(item)) => {
@@ -126,18 +141,20 @@ impl Responder {
                     if let Err(e) = pushed {
                         let e = e.into_rpc_error(self.conn.limits.frame_limit());
                         self.conn.on_push_error(&e);
+                        let kind = e.kind();
                         self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
-                        return Replied::new();
+                        return Replied::failed(kind);
                     }
                 }
                 Some(Err(e)) => {
+                    let kind = e.kind();
                     self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
-                    return Replied::new();
+                    return Replied::failed(kind);
                 }
                 None => {
                     self.conn.release_inbound(self.id);
                     let _ = self.conn.outbox.push(Kind::End, self.id, None, |_| Ok(()));
-                    return Replied::new();
+                    return Replied::ok();
                 }
             }
         }

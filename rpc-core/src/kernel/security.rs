@@ -234,6 +234,14 @@ pub trait Security: Send + Sync + 'static {
         error
     }
 
+    /// Whether a connection may call actions without authenticating (as the anonymous
+    /// session). Default: true. When false, a new connection may send only Auth and Ping
+    /// frames of at most `Limits::max_preauth_frame_size` bytes until it authenticated, and
+    /// must authenticate within `Limits::auth_timeout` or be closed.
+    fn allow_anonymous(&self) -> bool {
+        true
+    }
+
     /// Whether a caller who may not call an action should be told `NotFound` instead of
     /// `AccessDenied`, so that actions cannot be enumerated. Default: false.
     fn hide_forbidden_actions(&self) -> bool {
@@ -263,6 +271,7 @@ pub(crate) trait DynSecurity: Send + Sync + 'static {
     ) -> BoxFuture<'a, bool>;
     fn transform_error(&self, error: RpcError) -> RpcError;
     fn hide_forbidden_actions(&self) -> bool;
+    fn allow_anonymous(&self) -> bool;
 }
 
 impl<S: Security> DynSecurity for S {
@@ -295,6 +304,9 @@ impl<S: Security> DynSecurity for S {
     }
     fn hide_forbidden_actions(&self) -> bool {
         Security::hide_forbidden_actions(self)
+    }
+    fn allow_anonymous(&self) -> bool {
+        Security::allow_anonymous(self)
     }
 }
 
