@@ -1,13 +1,20 @@
 //! Test harness: every integration scenario runs over every transport from one definition.
 //!
 //! A scenario is an `async fn(Harness)`; [`transport_tests!`] expands it into one
-//! `#[tokio::test]` per transport, so a new transport gets the whole suite by adding one
-//! variant to [`TransportKind`].
+//! `#[tokio::test]` per transport (in-memory, TCP, TLS, WebSocket, WebSocket over TLS), so a
+//! new transport gets the whole suite by adding one variant to [`TransportKind`] and one line
+//! to the macro. TLS certificates are generated at run time ([`pki`]).
 
+pub mod pki;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rpc_core::{Limits, RpcClient, RpcDirectClient, RpcKernel};
 use rpc_tcp::{RpcTcpClient, RpcTcpServer};
+use rpc_ws::{RpcWebSocketClient, RpcWebSocketServer};
+
+use crate::pki::TestPki;
 
 /// The transports every scenario runs over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +23,40 @@ pub enum TransportKind {
     Memory,
     /// Plain TCP on 127.0.0.1.
     Tcp,
+    /// TCP with TLS, client certificates required (mutual TLS, identity
+    /// [`pki::CLIENT_IDENTITY`]).
+    Tls,
+    /// WebSocket (`ws://127.0.0.1:port/rpc`).
+    Ws,
+    /// WebSocket over TLS (`wss://`), client certificates required as for [`TransportKind::Tls`].
+    Wss,
+}
+
+impl TransportKind {
+    /// Every transport, in the order the suite runs them.
+    pub const ALL: [TransportKind; 5] = [
+        TransportKind::Memory,
+        TransportKind::Tcp,
+        TransportKind::Tls,
+        TransportKind::Ws,
+        TransportKind::Wss,
+    ];
+
+    /// The name handlers see as `ctx.connection().transport().kind`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Memory => "memory",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
+        }
+    }
+
+    /// Whether the transport runs over TLS with a client certificate.
+    pub fn is_tls(self) -> bool {
+        matches!(self, TransportKind::Tls | TransportKind::Wss)
+    }
 }
 
 /// A server kernel and a way to make clients of it over one transport.
@@ -24,7 +65,7 @@ pub struct Harness {
     pub kernel: RpcKernel,
     /// The transport in use.
     pub kind: TransportKind,
-    addr: Option<std::net::SocketAddr>,
+    addr: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -34,17 +75,60 @@ impl Harness {
     pub async fn start(kind: TransportKind, kernel: RpcKernel) -> Harness {
         let mut h =
             Harness { kernel: kernel.clone(), kind, addr: None, shutdown: None, server: None };
-        if kind == TransportKind::Tcp {
-            let server = RpcTcpServer::bind("127.0.0.1:0", kernel).await.expect("bind");
-            h.addr = Some(server.local_addr().expect("local addr"));
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            h.shutdown = Some(tx);
-            let server = server.shutdown_timeout(Duration::from_secs(2));
-            h.server = Some(tokio::spawn(server.serve_with_shutdown(async move {
-                let _ = rx.await;
-            })));
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            let _ = rx.await;
+        };
+        let grace = Duration::from_secs(2);
+        let pki = TestPki::shared();
+        let bound = match kind {
+            TransportKind::Memory => return h,
+            TransportKind::Tcp => {
+                let server = RpcTcpServer::bind("127.0.0.1:0", kernel).await.expect("bind");
+                let addr = server.local_addr().expect("local addr");
+                (addr, tokio::spawn(server.shutdown_timeout(grace).serve_with_shutdown(signal)))
+            }
+            TransportKind::Tls => {
+                let server =
+                    RpcTcpServer::bind_tls("127.0.0.1:0", kernel, pki.server_config_mtls())
+                        .await
+                        .expect("bind");
+                let addr = server.local_addr().expect("local addr");
+                (addr, tokio::spawn(server.shutdown_timeout(grace).serve_with_shutdown(signal)))
+            }
+            TransportKind::Ws => {
+                let server = RpcWebSocketServer::bind("127.0.0.1:0", kernel).await.expect("bind");
+                let addr = server.local_addr().expect("local addr");
+                (addr, tokio::spawn(server.shutdown_timeout(grace).serve_with_shutdown(signal)))
+            }
+            TransportKind::Wss => {
+                let server =
+                    RpcWebSocketServer::bind_tls("127.0.0.1:0", kernel, pki.server_config_mtls())
+                        .await
+                        .expect("bind");
+                let addr = server.local_addr().expect("local addr");
+                (addr, tokio::spawn(server.shutdown_timeout(grace).serve_with_shutdown(signal)))
+            }
+        };
+        h.addr = Some(bound.0);
+        h.server = Some(bound.1);
+        h.shutdown = Some(tx);
         h
+    }
+
+    /// The server's address (none for [`TransportKind::Memory`]).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The URL a WebSocket client dials (for [`TransportKind::Ws`] and [`TransportKind::Wss`]).
+    pub fn url(&self) -> Option<String> {
+        let addr = self.addr?;
+        match self.kind {
+            TransportKind::Ws => Some(format!("ws://{addr}/rpc")),
+            TransportKind::Wss => Some(format!("wss://{addr}/rpc")),
+            _ => None,
+        }
     }
 
     /// A new client (connects lazily) with default limits.
@@ -54,12 +138,22 @@ impl Harness {
 
     /// A new client with `limits`.
     pub fn client_with(&self, limits: Limits) -> RpcClient {
+        let pki = TestPki::shared();
+        let addr = || self.addr.expect("server address");
+        let url = || self.url().expect("server URL");
         match self.kind {
             TransportKind::Memory => {
                 RpcDirectClient::with_limits(&self.kernel, limits).clone_client()
             }
-            TransportKind::Tcp => {
-                RpcTcpClient::with_limits(self.addr.expect("tcp address"), limits).client().clone()
+            TransportKind::Tcp => RpcTcpClient::with_limits(addr(), limits).client().clone(),
+            TransportKind::Tls => {
+                let config = pki.client_config_mtls();
+                RpcTcpClient::with_limits_tls(addr(), "127.0.0.1", config, limits).client().clone()
+            }
+            TransportKind::Ws => RpcWebSocketClient::with_limits(url(), limits).client().clone(),
+            TransportKind::Wss => {
+                let config = pki.client_config_mtls();
+                RpcWebSocketClient::with_limits_tls(url(), config, limits).client().clone()
             }
         }
     }
@@ -136,6 +230,15 @@ macro_rules! transport_tests {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn tcp() { run($crate::TransportKind::Tcp).await }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls() { run($crate::TransportKind::Tls).await }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn ws() { run($crate::TransportKind::Ws).await }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn wss() { run($crate::TransportKind::Wss).await }
             }
         )*
     };
