@@ -205,3 +205,48 @@ pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<String> {
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    fn cert(cn: Option<&str>, sans: &[&str]) -> CertificateDer<'static> {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn identity_is_the_common_name_first() {
+        assert_eq!(
+            peer_identity(&[cert(Some("alice"), &["alice.example"])]).as_deref(),
+            Some("alice")
+        );
+    }
+
+    #[test]
+    fn identity_falls_back_to_the_first_dns_name() {
+        let chain = [cert(None, &["10.0.0.1", "bob.example", "other.example"])];
+        assert_eq!(peer_identity(&chain).as_deref(), Some("bob.example"));
+    }
+
+    #[test]
+    fn no_identity_without_either_or_for_garbage() {
+        assert_eq!(peer_identity(&[cert(None, &[])]), None);
+        assert_eq!(peer_identity(&[CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])]), None);
+        assert_eq!(peer_identity(&[]), None);
+    }
+
+    #[test]
+    fn alpn_is_added_once() {
+        let list = with_alpn(vec![b"h2".to_vec()], ALPN_RPC);
+        assert_eq!(list, vec![b"h2".to_vec(), ALPN_RPC.to_vec()]);
+        assert_eq!(with_alpn(list.clone(), ALPN_RPC), list);
+    }
+}
