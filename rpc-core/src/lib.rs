@@ -11,7 +11,10 @@ pub mod protocol;
 pub mod stream;
 pub mod transport;
 
-pub use client::{CallTarget, ConnectionState, Connector, PeerHandle, RpcClient, RpcDirectClient};
+pub use client::{
+    CallTarget, ConnectionState, Connector, PeerHandle, Progress, RpcClient, RpcDirectClient,
+    Transfer,
+};
 pub use connection::Connection;
 pub use entity::{AnyEntity, DuplicateEntity, Entity, TypeRegistry};
 pub use error::{ErrorKind, RpcError};

@@ -30,8 +30,9 @@ pub struct Limits {
     pub max_frame_size: usize,
     /// Largest frame accepted before the connection authenticated. Default 16 KiB.
     pub max_preauth_frame_size: usize,
-    /// Largest reassembled (chunked) message. Default 8 MiB; a larger declared total fails
-    /// that call with `TooLarge`.
+    /// Largest reassembled (chunked) message. Default 8 MiB plus 64 KiB, so that an 8 MiB
+    /// payload fits with its envelope; a larger declared total fails that call with
+    /// `TooLarge`.
     pub max_message_size: usize,
     /// Bytes the frame reader reserves beyond those it has received. Default 64 KiB: a
     /// header declaring 1 MiB does not make the server allocate 1 MiB up front.
@@ -72,8 +73,16 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Upper bound the server applies to deadlines requested by callers. Default 5 min.
     pub max_call_timeout: Duration,
-    /// Size above which a message is cut into chunks. Default 256 KiB.
+    /// Size above which a message is cut into chunks (and the size of each chunk). Default
+    /// 256 KiB.
     pub chunk_size: usize,
+    /// Chunk bytes a sender may have in flight per message before the receiver grants more.
+    /// Default 1 MiB: a large transfer never floods the connection, and small calls
+    /// interleave with it.
+    pub chunk_window: usize,
+    /// Chunked messages a connection reassembles at once. Default 4; one more fails that call
+    /// with `Busy`.
+    pub max_reassemblies: usize,
 }
 
 impl Default for Limits {
@@ -81,7 +90,7 @@ impl Default for Limits {
         Limits {
             max_frame_size: 1 << 20,
             max_preauth_frame_size: 16 << 10,
-            max_message_size: 8 << 20,
+            max_message_size: (8 << 20) + (64 << 10),
             read_reservation: 64 << 10,
             max_depth: 64,
             max_calls_in_flight: 100,
@@ -99,6 +108,8 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(30),
             max_call_timeout: Duration::from_secs(300),
             chunk_size: 256 << 10,
+            chunk_window: 1 << 20,
+            max_reassemblies: 4,
         }
     }
 }
@@ -157,14 +168,24 @@ setters! {
     call_timeout: Duration,
     /// Sets [`Limits::max_call_timeout`].
     max_call_timeout: Duration,
-    /// Sets [`Limits::chunk_size`].
+    /// Sets [`Limits::chunk_size`] (clamped to 1 KiB ..= the frame limit when used).
     chunk_size: usize,
+    /// Sets [`Limits::chunk_window`].
+    chunk_window: usize,
+    /// Sets [`Limits::max_reassemblies`].
+    max_reassemblies: usize,
 }
 
 impl Limits {
     /// The frame limit actually enforced (clamped to 4 KiB ..= 16 MiB).
     pub(crate) fn frame_limit(&self) -> usize {
         self.max_frame_size.clamp(4 << 10, 16 << 20)
+    }
+
+    /// The chunk size actually used (at least 1 KiB, and leaving room for headers within the
+    /// frame limit).
+    pub(crate) fn chunk_limit(&self) -> usize {
+        self.chunk_size.clamp(1 << 10, self.frame_limit() - 64)
     }
 
     /// The depth limit actually enforced (clamped to 1 ..= 128).

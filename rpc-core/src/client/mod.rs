@@ -6,9 +6,11 @@
 //! own client types.
 
 mod direct;
+mod progress;
 mod target;
 
 pub use direct::RpcDirectClient;
+pub use progress::{Progress, Transfer};
 pub use target::CallTarget;
 
 use std::future::Future;

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ConnShared;
+use crate::client::Progress;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
@@ -25,6 +26,8 @@ pub(crate) struct Pending {
     pub(crate) sink: Sink,
     /// Credit the remote granted for the argument stream this side sends on the call.
     pub(crate) arg_credit: Option<Arc<Semaphore>>,
+    /// Where chunked transfers of this call report (from [`Progress::track`]).
+    pub(crate) progress: Option<Progress>,
 }
 
 /// Where the answer to a pending call goes.
@@ -38,8 +41,8 @@ pub(crate) enum Sink {
 }
 
 impl Pending {
-    fn new(sink: Sink) -> Pending {
-        Pending { sink, arg_credit: None }
+    pub(crate) fn new(sink: Sink) -> Pending {
+        Pending { sink, arg_credit: None, progress: None }
     }
 
     /// Called when the connection closes with the call still outstanding.
@@ -106,6 +109,7 @@ impl ConnShared {
     /// Forgets call `id` and tells the remote to stop it.
     pub(crate) fn cancel_outbound(&self, id: u32) {
         if self.outbound.lock().remove(&id).is_some() {
+            self.stop_chunks(id);
             let _ = self.outbox.push(Kind::Cancel, id, None, |_| Ok(()));
         }
     }
@@ -130,21 +134,21 @@ impl ConnShared {
         Ok(())
     }
 
-    fn push_call<A: Serialize + ?Sized>(
-        &self,
+    /// Queues the Call frame (in chunks if the arguments are large).
+    async fn send_call<A: Serialize + ?Sized>(
+        self: &Arc<Self>,
         id: u32,
         spec: &CallSpec<'_, A>,
         window: u32,
     ) -> Result<(), RpcError> {
         let timeout_ms = spec.timeout.as_millis().min(u64::MAX as u128) as u64;
-        self.outbox
-            .push(Kind::Call, id, spec.route, |buf| {
-                CallHead::encode_start(buf, spec.controller, spec.action);
-                codec::encode_into(buf, spec.args)?;
-                CallHead::encode_tail(buf, Some(timeout_ms), window);
-                Ok(())
-            })
-            .map_err(|e| e.into_rpc_error(self.limits.frame_limit()))
+        let oversize = self.queue_message(Kind::Call, id, spec.route, |buf| {
+            CallHead::encode_start(buf, spec.controller, spec.action);
+            codec::encode_into(buf, spec.args)?;
+            CallHead::encode_tail(buf, Some(timeout_ms), window);
+            Ok(())
+        })?;
+        self.finish_message(id, oversize).await
     }
 
     /// Waits (until `deadline`) for one of the calls-in-flight slots the remote granted.
@@ -178,11 +182,52 @@ impl ConnShared {
         let mut pending = Pending::new(Sink::Unary(tx));
         let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
         pending.arg_credit = credit.clone();
+        let progress = Progress::current();
+        pending.progress = progress.clone();
         self.register_pending(id, pending)?;
         let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        self.push_call(id, &spec, 0)?;
         guard.sent = true;
+        let work = async {
+            self.send_call(id, &spec, 0).await?;
+            self.await_answer(id, &spec, deadline, rx, input, credit).await
+        };
+        let result = match &progress {
+            Some(p) => tokio::select! {
+                result = work => result,
+                _ = p.aborted() => Err(RpcError::new(ErrorKind::Cancelled, "the call was aborted")),
+            },
+            None => work.await,
+        };
+        match &result {
+            // Answered (or the connection is gone): nothing to cancel.
+            Ok(_) => guard.armed = false,
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::Timeout | ErrorKind::Cancelled | ErrorKind::TooLarge
+                ) =>
+            {
+                guard.armed = false
+            }
+            Err(_) => {}
+        }
+        result
+    }
 
+    async fn await_answer<A, R, T>(
+        self: &Arc<Self>,
+        id: u32,
+        spec: &CallSpec<'_, A>,
+        deadline: Instant,
+        rx: oneshot::Receiver<Frame>,
+        input: Option<RpcStream<T>>,
+        credit: Option<Arc<Semaphore>>,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+        T: Serialize + Send + 'static,
+    {
         let answer = tokio::time::timeout_at(deadline, rx);
         let frame = match (input, credit) {
             (Some(input), Some(credit)) => {
@@ -201,13 +246,9 @@ impl ConnShared {
         };
         let frame = match frame {
             Ok(Ok(frame)) => frame,
-            Ok(Err(_)) => {
-                guard.armed = false;
-                return Err(self.disconnect_error());
-            }
+            Ok(Err(_)) => return Err(self.disconnect_error()),
             Err(_) => return Err(spec.timeout_error()),
         };
-        guard.armed = false;
         if frame.kind == Kind::StreamOpen {
             // The remote streams where we expect one value: stop its producer.
             let _ = self.outbox.push(Kind::Cancel, id, None, |_| Ok(()));
@@ -237,8 +278,8 @@ impl ConnShared {
         self.register_pending(id, pending)?;
         let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
         let window = self.limits.stream_window.max(1);
-        self.push_call(id, &spec, window)?;
         guard.sent = true;
+        self.send_call(id, &spec, window).await?;
         // The argument stream starts at once: the remote's credit paces it.
         let producer = match (input, credit) {
             (Some(input), Some(credit)) => Some(
@@ -349,16 +390,19 @@ async fn produce_arguments<T: Serialize + Send + 'static>(
         }
         match input.next().await {
             Some(Ok(item)) => {
-                if let Err(e) =
-                    conn.outbox.push(Kind::Item, id, None, |buf| codec::encode_into(buf, &item))
-                {
-                    let e = e.into_rpc_error(conn.limits.frame_limit());
+                let queued =
+                    conn.queue_message(Kind::Item, id, None, |buf| codec::encode_into(buf, &item));
+                drop(item);
+                let sent = match queued {
+                    Ok(oversize) => conn.finish_message(id, oversize).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
                     tracing::debug!(
                         connection = conn.id,
                         call = id,
                         "argument stream stopped: {e}"
                     );
-                    conn.on_push_error(&e);
                     conn.cancel_outbound(id);
                     return;
                 }

@@ -36,8 +36,9 @@ pub(crate) enum Inbound {
         /// Where the caller's argument stream goes, if the action takes one.
         args: Option<mpsc::UnboundedSender<Frame>>,
     },
-    /// A routed call whose policy check is still running.
-    Routing { abort: AbortHandle },
+    /// A routed call whose policy check is still running; chunks that arrive meanwhile wait
+    /// here (bounded by the sender's chunk window).
+    Routing { abort: AbortHandle, queued: Vec<Frame> },
     /// A routed call forwarded to `callee` as its call `callee_id`.
     Routed { callee: Arc<ConnShared>, callee_id: u32 },
 }
@@ -46,7 +47,7 @@ impl Inbound {
     /// Called when the call must stop (cancel, or the caller's connection closed).
     pub(crate) fn abort(self) {
         match self {
-            Inbound::Local { abort: Some(handle), .. } | Inbound::Routing { abort: handle } => {
+            Inbound::Local { abort: Some(handle), .. } | Inbound::Routing { abort: handle, .. } => {
                 handle.abort()
             }
             Inbound::Local { abort: None, .. } => {}
@@ -318,6 +319,7 @@ fn report_panic(
 /// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped. A
 /// routed call is cancelled at its callee.
 pub(crate) fn cancel(conn: &Arc<ConnShared>, id: u32) {
+    conn.stop_chunks(id);
     let mut table = conn.inbound.lock();
     match table.get(&id) {
         Some(Inbound::Local { abort: Some(handle), .. }) => handle.abort(),

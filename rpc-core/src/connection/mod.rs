@@ -9,6 +9,7 @@
 //! can start calls at once without colliding (`PROTOCOL.md`, "Call ids").
 
 pub(crate) mod calls;
+pub(crate) mod chunks;
 pub(crate) mod driver;
 pub(crate) mod inbound;
 pub(crate) mod outbox;
@@ -80,6 +81,10 @@ pub(crate) struct ConnShared {
     preauth_strikes: AtomicU32,
     /// The peer alias this connection registered (on the routing server).
     pub(crate) peer_alias: Mutex<Option<String>>,
+    /// Credit windows of the chunked messages this side is sending, by call id.
+    pub(crate) chunk_senders: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    /// Chunked messages being received, by call id.
+    pub(crate) reassembly: Mutex<HashMap<u32, chunks::Incoming>>,
 }
 
 impl ConnShared {
@@ -96,7 +101,11 @@ impl ConnShared {
             id,
             role,
             info,
-            outbox: Outbox::new(limits.max_outbound_queue, limits.frame_limit()),
+            outbox: Outbox::new(
+                limits.max_outbound_queue,
+                limits.frame_limit(),
+                limits.chunk_limit(),
+            ),
             frame_limit: AtomicUsize::new(limits.frame_limit()),
             limits,
             kernel,
@@ -113,6 +122,8 @@ impl ConnShared {
             errors: Mutex::new((Instant::now(), 0)),
             auth_generation: AtomicU32::new(0),
             peer_alias: Mutex::new(None),
+            chunk_senders: Mutex::new(HashMap::new()),
+            reassembly: Mutex::new(HashMap::new()),
             authenticated: AtomicBool::new(true),
             preauth_strikes: AtomicU32::new(0),
             call_slots: Arc::new(Semaphore::new(
@@ -201,6 +212,10 @@ impl ConnShared {
             call.abort();
         }
         self.local_controllers.lock().clear();
+        for (_, window) in std::mem::take(&mut *self.chunk_senders.lock()) {
+            window.close();
+        }
+        self.reassembly.lock().clear();
     }
 
     /// Sends an Error frame for call `id`.
@@ -331,9 +346,8 @@ impl ConnShared {
                 crate::kernel::router::handle_registration(self, frame)
             }
             Kind::Hello => self.protocol_error(0, "Hello after the handshake"),
-            Kind::Chunk | Kind::ChunkCredit => {
-                self.protocol_error(frame.id, "chunked messages are not enabled on this connection")
-            }
+            Kind::Chunk => chunks::on_chunk(self, frame),
+            Kind::ChunkCredit => chunks::on_chunk_credit(self, frame),
             other => self.protocol_error(
                 frame.id,
                 &format!("{other:?} with an id from the wrong side's id space"),

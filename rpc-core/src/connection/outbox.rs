@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::RpcError;
+use crate::protocol::chunk;
 use crate::protocol::frame::{self, Kind};
 
 struct State {
@@ -24,6 +25,8 @@ pub(crate) struct Outbox {
     ready: Notify,
     max_bytes: usize,
     max_frame: usize,
+    /// Messages above this size are handed back to be sent in chunks.
+    chunk_above: usize,
 }
 
 /// Why a frame could not be queued.
@@ -37,6 +40,8 @@ pub(crate) enum PushError {
     Encode(RpcError),
     /// The queue passed its bound: the remote is not reading.
     Overflow,
+    /// The message exceeds the chunk size: here it is, encoded, to be sent in chunks.
+    Oversize(Bytes),
 }
 
 impl PushError {
@@ -50,12 +55,16 @@ impl PushError {
             PushError::Overflow => RpcError::disconnected(
                 "the remote side is not reading: its queue passed Limits::max_outbound_queue",
             ),
+            PushError::Oversize(frame) => RpcError::too_large(format!(
+                "message of {} bytes exceeds the frame limit of {max_frame} bytes and cannot be chunked here",
+                frame.len()
+            )),
         }
     }
 }
 
 impl Outbox {
-    pub(crate) fn new(max_bytes: usize, max_frame: usize) -> Outbox {
+    pub(crate) fn new(max_bytes: usize, max_frame: usize, chunk_above: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 buf: BytesMut::with_capacity(8 << 10),
@@ -65,6 +74,7 @@ impl Outbox {
             ready: Notify::new(),
             max_bytes,
             max_frame,
+            chunk_above,
         }
     }
 
@@ -88,6 +98,9 @@ impl Outbox {
             return Err(PushError::Encode(e));
         }
         let len = frame::finish_frame(&mut st.buf, start);
+        if len > self.chunk_above && chunk::is_chunkable(kind) {
+            return Err(PushError::Oversize(st.buf.split_off(start).freeze()));
+        }
         if len > self.max_frame {
             st.buf.truncate(start);
             return Err(PushError::TooLarge(len));
@@ -167,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_queued_together_leave_together() {
-        let outbox = Outbox::new(1 << 20, 1 << 20);
+        let outbox = Outbox::new(1 << 20, 1 << 20, 1 << 20);
         for id in 1..=3 {
             outbox
                 .push(Kind::Reply, id, None, |b| {
@@ -187,7 +200,7 @@ mod tests {
 
     #[test]
     fn oversize_and_failed_encodes_leave_no_trace() {
-        let outbox = Outbox::new(1 << 20, 8);
+        let outbox = Outbox::new(1 << 20, 8, 1 << 20);
         let big = outbox.push(Kind::Reply, 1, None, |b| {
             b.extend_from_slice(&[0; 16]);
             Ok(())
@@ -200,7 +213,7 @@ mod tests {
 
     #[test]
     fn overflow_is_reported_and_closed_refuses() {
-        let outbox = Outbox::new(16, 1 << 20);
+        let outbox = Outbox::new(16, 1 << 20, 1 << 20);
         let r = outbox.push_raw(Kind::Item, 1, None, &[0; 32]);
         assert!(matches!(r, Err(PushError::Overflow)));
         outbox.close();

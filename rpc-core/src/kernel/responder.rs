@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::connection::ConnShared;
+use crate::connection::outbox::PushError;
 use crate::error::{ErrorKind, RpcError};
 use crate::kernel::context::Context;
 use crate::kernel::controller::ActionError;
@@ -81,6 +82,19 @@ impl Responder {
         self.conn.release_inbound(self.id);
         let pushed =
             self.conn.outbox.push(Kind::Reply, self.id, None, |buf| codec::encode_into(buf, value));
+        if let Err(PushError::Oversize(frame)) = pushed {
+            // A large result goes out in chunks, paced by the caller, without holding the
+            // handler: a task of its own sends them.
+            let (conn, id) = (self.conn.clone(), self.id);
+            tokio::spawn(async move {
+                if let Err(e) = conn.send_chunks(id, frame).await
+                    && e.kind() != ErrorKind::Cancelled
+                {
+                    conn.send_error(id, &conn.kernel.present_error(e));
+                }
+            });
+            return Replied::ok();
+        }
         if let Err(e) = pushed {
             let e = e.into_rpc_error(self.conn.limits.frame_limit());
             self.conn.on_push_error(&e);
@@ -134,13 +148,15 @@ impl Responder {
             }
             match stream.next().await {
                 Some(Ok(item)) => {
-                    let pushed = self
-                        .conn
-                        .outbox
-                        .push(Kind::Item, self.id, None, |buf| codec::encode_into(buf, &item));
+                    let queued = self.conn.queue_message(Kind::Item, self.id, None, |buf| {
+                        codec::encode_into(buf, &item)
+                    });
+                    drop(item);
+                    let pushed = match queued {
+                        Ok(oversize) => self.conn.finish_message(self.id, oversize).await,
+                        Err(e) => Err(e),
+                    };
                     if let Err(e) = pushed {
-                        let e = e.into_rpc_error(self.conn.limits.frame_limit());
-                        self.conn.on_push_error(&e);
                         let kind = e.kind();
                         self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
                         return Replied::failed(kind);

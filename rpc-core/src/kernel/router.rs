@@ -143,7 +143,7 @@ pub(crate) fn route_call(conn: &Arc<ConnShared>, frame: Frame) {
             caller.answer_error(id, &e);
         }
     });
-    table.insert(id, Inbound::Routing { abort: task.abort_handle() });
+    table.insert(id, Inbound::Routing { abort: task.abort_handle(), queued: Vec::new() });
 }
 
 fn forward_call(
@@ -158,21 +158,7 @@ fn forward_call(
     })?;
     let callee_id = callee.alloc_id()?;
     let sink = Sink::Routed { caller: Arc::downgrade(caller), caller_id, _slot: slot };
-    callee.register_pending(callee_id, Pending { sink, arg_credit: None })?;
-    {
-        // Only if the caller has not cancelled meanwhile.
-        let mut table = caller.inbound.lock();
-        match table.get_mut(&caller_id) {
-            Some(entry @ Inbound::Routing { .. }) => {
-                *entry = Inbound::Routed { callee: callee.clone(), callee_id };
-            }
-            _ => {
-                drop(table);
-                callee.outbound.lock().remove(&callee_id);
-                return Ok(());
-            }
-        }
-    }
+    callee.register_pending(callee_id, Pending::new(sink))?;
     let source = RouteSource {
         connection_id: caller.id,
         alias: caller.peer_alias.lock().clone(),
@@ -180,7 +166,28 @@ fn forward_call(
     };
     let mut stamp = BytesMut::new();
     source.encode(&mut stamp);
-    if let Err(e) = callee.outbox.push_raw(Kind::Call, callee_id, Some(&stamp), &frame.body) {
+    // Under the caller's table lock, so that frames the reader forwards once the entry says
+    // Routed cannot overtake the first frame and the ones queued during the policy check.
+    let mut table = caller.inbound.lock();
+    let queued = match table.get_mut(&caller_id) {
+        Some(entry @ Inbound::Routing { .. }) => {
+            let routed = Inbound::Routed { callee: callee.clone(), callee_id };
+            match std::mem::replace(entry, routed) {
+                Inbound::Routing { queued, .. } => queued,
+                _ => Vec::new(),
+            }
+        }
+        _ => {
+            // The caller cancelled meanwhile.
+            drop(table);
+            callee.outbound.lock().remove(&callee_id);
+            return Ok(());
+        }
+    };
+    // A Call, or the first Chunk of a large one: either way the body is forwarded untouched.
+    if let Err(e) = callee.outbox.push_raw(frame.kind, callee_id, Some(&stamp), &frame.body) {
+        table.remove(&caller_id);
+        drop(table);
         callee.outbound.lock().remove(&callee_id);
         let e = e.into_rpc_error(callee.limits.frame_limit());
         callee.on_push_error(&e);
@@ -188,6 +195,9 @@ fn forward_call(
             ErrorKind::PeerNotFound,
             format!("the peer could not take the call: {e}"),
         ));
+    }
+    for frame in queued {
+        crate::connection::calls::forward(callee, frame.kind, callee_id, &frame.body);
     }
     Ok(())
 }

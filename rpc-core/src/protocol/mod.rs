@@ -5,6 +5,7 @@
 //! implementation. Nothing here touches a socket or a clock, so every rule is unit-tested
 //! with plain byte slices.
 
+pub mod chunk;
 pub mod codec;
 pub mod frame;
 pub mod message;
