@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
@@ -108,15 +109,24 @@ impl<S> WsTransport<S> {
     }
 }
 
+/// The sending half, shared: the writer sends frames through it, and the reader sends the
+/// Close frame itself when it ends the connection (a text message, a message too big), which
+/// can happen before the kernel's writer runs at all (during the protocol handshake).
+type SharedSink<S> = Arc<tokio::sync::Mutex<SplitSink<S, Message>>>;
+
+/// How long the reader waits to send its Close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The read half of a [`WsTransport`].
 pub struct WsReader<S> {
     stream: SplitStream<S>,
+    sink: SharedSink<S>,
     close: CloseCell,
 }
 
 /// The write half of a [`WsTransport`].
 pub struct WsWriter<S> {
-    sink: SplitSink<S, Message>,
+    sink: SharedSink<S>,
     close: CloseCell,
 }
 
@@ -134,8 +144,9 @@ where
 
     fn split(self) -> (WsReader<S>, WsWriter<S>) {
         let (sink, stream) = self.socket.split();
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let close = CloseCell::default();
-        (WsReader { stream, close: close.clone() }, WsWriter { sink, close })
+        (WsReader { stream, sink: sink.clone(), close: close.clone() }, WsWriter { sink, close })
     }
 }
 
@@ -156,6 +167,21 @@ fn close_for_error<E: std::error::Error + 'static>(error: &E) -> Option<CloseFra
     }
 }
 
+impl<S> WsReader<S>
+where
+    S: Sink<Message> + Send,
+{
+    /// Ends the connection with `frame`: sends it now if the writer is idle, and leaves it for
+    /// the writer's `close()` either way (a second Close frame is never sent).
+    async fn fail(&mut self, frame: CloseFrame) {
+        *self.close.lock() = Some(frame.clone());
+        if let Ok(mut sink) = self.sink.try_lock() {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        }
+    }
+}
+
 impl<S, E> TransportReader for WsReader<S>
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Send + 'static,
@@ -170,7 +196,7 @@ where
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
                     if let Some(frame) = close_for_error(&e) {
-                        *self.close.lock() = Some(frame);
+                        self.fail(frame).await;
                     }
                     return Err(io::Error::other(e));
                 }
@@ -184,10 +210,11 @@ where
                     }
                 }
                 Message::Text(_) => {
-                    *self.close.lock() = Some(close_frame(
+                    self.fail(close_frame(
                         CloseCode::Unsupported,
                         "text messages are not part of the protocol",
-                    ));
+                    ))
+                    .await;
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "a text message arrived: frames travel in binary messages (closed with 1003)",
@@ -246,10 +273,11 @@ where
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
         let mut parts = Vec::new();
         messages(data, |message| parts.push(message));
+        let mut sink = self.sink.lock().await;
         for part in parts {
-            self.sink.feed(Message::Binary(part)).await.map_err(io::Error::other)?;
+            sink.feed(Message::Binary(part)).await.map_err(io::Error::other)?;
         }
-        self.sink.flush().await.map_err(io::Error::other)
+        sink.flush().await.map_err(io::Error::other)
     }
 
     async fn close(&mut self) -> io::Result<()> {
@@ -258,9 +286,11 @@ where
             .lock()
             .take()
             .unwrap_or_else(|| close_frame(CloseCode::Normal, "connection closed"));
-        // Best effort: the remote may be gone already.
-        let sent = self.sink.send(Message::Close(Some(frame))).await;
-        let _ = self.sink.close().await;
+        // Best effort: the remote may be gone already. After a Close frame (ours, sent by the
+        // reader, or the remote's), tungstenite sends no other.
+        let mut sink = self.sink.lock().await;
+        let sent = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
         sent.map_err(io::Error::other)
     }
 }

@@ -1,0 +1,187 @@
+//! The WebSocket wire rules, checked with a raw WebSocket client (ROBUSTNESS.md §8.3):
+//! binary messages carry whole frames (several may share a message), a text message closes
+//! with 1003, a message above the frame limit + 4 with 1009, an unmasked client frame with
+//! 1002, and a kernel that closes sends GoAway, then Close 1000.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use rpc_core::protocol::frame::{self, Frame, FrameDecoder, Kind};
+use rpc_core::protocol::message::{GoAway, GoAwayCode, Hello, PROTOCOL_VERSION};
+use rpc_core::{Limits, RpcKernel, controller};
+use rpc_ws::{RpcWebSocketClient, RpcWebSocketServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[controller("ws_echo")]
+pub trait Echo {
+    async fn echo(&self, text: String) -> String;
+}
+
+struct EchoImpl;
+
+impl Echo for EchoImpl {
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn server(kernel: RpcKernel) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    kernel.register(EchoServer::new(EchoImpl));
+    let server = RpcWebSocketServer::bind("127.0.0.1:0", kernel).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.shutdown_timeout(Duration::from_millis(200)).serve_with_shutdown(
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    (addr, tx)
+}
+
+fn frame_bytes(kind: Kind, id: u32, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut out = BytesMut::new();
+    let start = frame::begin_frame(&mut out, kind, id, None);
+    body(&mut out);
+    frame::finish_frame(&mut out, start);
+    out
+}
+
+fn hello() -> BytesMut {
+    frame_bytes(Kind::Hello, 0, |out| {
+        Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            connection_id: 0,
+            max_calls: 100,
+        }
+        .encode(out)
+    })
+}
+
+async fn raw(addr: SocketAddr) -> Raw {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/rpc")).await.unwrap();
+    ws
+}
+
+/// Reads frames from binary messages until `want` frames arrived.
+async fn frames(ws: &mut Raw, want: usize) -> Vec<Frame> {
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    while out.len() < want {
+        let message = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+        let Message::Binary(data) = message else { panic!("expected binary, got {message:?}") };
+        decoder.buffer().extend_from_slice(&data);
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            out.push(frame);
+        }
+    }
+    out
+}
+
+/// Reads until the Close frame and returns its code.
+async fn close_code(ws: &mut Raw) -> CloseCode {
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(until, ws.next()).await.expect("a Close in time");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code,
+            Some(Ok(Message::Close(None))) => panic!("Close without a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected Close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn several_frames_in_one_message_and_pings() {
+    let (addr, _stop) = server(RpcKernel::new()).await;
+    let mut ws = raw(addr).await;
+    let mut message = hello();
+    message.extend_from_slice(&frame_bytes(Kind::Ping, 7, |_| {}));
+    ws.send(Message::Binary(message.freeze())).await.unwrap();
+    let got = frames(&mut ws, 2).await;
+    assert_eq!(got[0].kind, Kind::Hello);
+    assert_eq!((got[1].kind, got[1].id), (Kind::Pong, 7));
+    // WebSocket pings are answered by tungstenite, whatever the protocol state.
+    ws.send(Message::Ping(Bytes::from_static(b"hi"))).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pong, Message::Pong(Bytes::from_static(b"hi")));
+}
+
+#[tokio::test]
+async fn text_message_closes_with_1003() {
+    let (addr, _stop) = server(RpcKernel::new()).await;
+    // Before the protocol handshake.
+    let mut ws = raw(addr).await;
+    ws.send(Message::text("hello?")).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Unsupported);
+    // After it.
+    let mut ws = raw(addr).await;
+    ws.send(Message::Binary(hello().freeze())).await.unwrap();
+    frames(&mut ws, 1).await;
+    ws.send(Message::text("{\"json\": true}")).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Unsupported);
+    // The server is unaffected.
+    let client = RpcWebSocketClient::new(format!("ws://{addr}/rpc"));
+    assert_eq!(client.controller::<EchoClient>().echo("ok".into()).await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn message_above_the_limit_closes_with_1009() {
+    let limits = Limits::default().max_frame_size(64 << 10);
+    let (addr, _stop) = server(RpcKernel::with_limits(limits.clone())).await;
+    let mut ws = raw(addr).await;
+    ws.send(Message::Binary(hello().freeze())).await.unwrap();
+    frames(&mut ws, 1).await;
+    // Frame limit + 4 is the largest message; one byte more is refused by tungstenite.
+    let too_big = vec![0u8; rpc_ws::max_message_size(&limits) + 1];
+    ws.send(Message::Binary(too_big.into())).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Size);
+}
+
+#[tokio::test]
+async fn kernel_close_sends_goaway_then_1000() {
+    let (addr, stop) = server(RpcKernel::new()).await;
+    let mut ws = raw(addr).await;
+    ws.send(Message::Binary(hello().freeze())).await.unwrap();
+    frames(&mut ws, 1).await;
+    stop.send(()).unwrap();
+    let goaway = frames(&mut ws, 1).await.remove(0);
+    assert_eq!(goaway.kind, Kind::GoAway);
+    assert_eq!(GoAway::decode(&goaway.body).unwrap().code, GoAwayCode::ShuttingDown);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Normal);
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_closes_with_1002() {
+    let (addr, _stop) = server(RpcKernel::new()).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /rpc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        assert!(response.len() < 4096, "response too long");
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut byte)).await.unwrap().unwrap();
+        response.push(byte[0]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&response));
+    // A binary frame without the mask bit, as only a server may send.
+    tcp.write_all(&[0x82, 0x03, 1, 2, 3]).await.unwrap();
+    let mut reply = [0u8; 4];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply[0], 0x88, "a Close frame");
+    assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002);
+}
