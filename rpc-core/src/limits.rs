@@ -80,6 +80,12 @@ pub struct Limits {
     /// Default 1 MiB: a large transfer never floods the connection, and small calls
     /// interleave with it.
     pub chunk_window: usize,
+    /// Connections a kernel serves at once. Default 10 000; one more is refused at once with
+    /// GoAway `ServerFull` (WebSocket: HTTP 503 before the upgrade).
+    pub max_connections: usize,
+    /// Connections still in their handshake at once. Default 256; more are refused the same
+    /// way (slowloris defence, with `handshake_timeout`).
+    pub max_handshakes: usize,
     /// Chunked messages a connection reassembles at once. Default 4; one more fails that call
     /// with `Busy`.
     pub max_reassemblies: usize,
@@ -110,6 +116,8 @@ impl Default for Limits {
             chunk_size: 256 << 10,
             chunk_window: 1 << 20,
             max_reassemblies: 4,
+            max_connections: 10_000,
+            max_handshakes: 256,
         }
     }
 }
@@ -174,6 +182,10 @@ setters! {
     chunk_window: usize,
     /// Sets [`Limits::max_reassemblies`].
     max_reassemblies: usize,
+    /// Sets [`Limits::max_connections`].
+    max_connections: usize,
+    /// Sets [`Limits::max_handshakes`].
+    max_handshakes: usize,
 }
 
 impl Limits {

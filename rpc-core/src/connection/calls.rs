@@ -156,8 +156,9 @@ impl ConnShared {
         &self,
         deadline: Instant,
         spec: &CallSpec<'_, A>,
+        slots: &Arc<Semaphore>,
     ) -> Result<OwnedSemaphorePermit, RpcError> {
-        match tokio::time::timeout_at(deadline, self.call_slots.clone().acquire_owned()).await {
+        match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_)) => Err(self.disconnect_error()),
             Err(_) => Err(spec.timeout_error()),
@@ -176,7 +177,7 @@ impl ConnShared {
         T: Serialize + Send + 'static,
     {
         let deadline = Instant::now() + spec.timeout;
-        let _slot = self.acquire_slot(deadline, &spec).await?;
+        let _slot = self.acquire_slot(deadline, &spec, &self.call_slots).await?;
         let id = self.alloc_id()?;
         let (tx, rx) = oneshot::channel();
         let mut pending = Pending::new(Sink::Unary(tx));
@@ -269,7 +270,7 @@ impl ConnShared {
         T: Serialize + Send + 'static,
     {
         let deadline = Instant::now() + spec.timeout;
-        let slot = self.acquire_slot(deadline, &spec).await?;
+        let slot = self.acquire_slot(deadline, &spec, &self.stream_slots).await?;
         let id = self.alloc_id()?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut pending = Pending::new(Sink::Stream(tx));

@@ -153,7 +153,7 @@ pub(crate) fn on_chunk(conn: &Arc<ConnShared>, frame: Frame) {
     } else {
         let mut table = conn.inbound.lock();
         match table.get_mut(&id) {
-            Some(Inbound::Routed { callee, callee_id }) => {
+            Some(Inbound::Routed { callee, callee_id, .. }) => {
                 let (callee, callee_id) = (callee.clone(), *callee_id);
                 drop(table);
                 return calls::forward(&callee, Kind::Chunk, callee_id, &frame.body);
@@ -310,7 +310,7 @@ pub(crate) fn on_chunk_credit(conn: &Arc<ConnShared>, frame: Frame) {
         }
     } else {
         let table = conn.inbound.lock();
-        if let Some(Inbound::Routed { callee, callee_id }) = table.get(&id) {
+        if let Some(Inbound::Routed { callee, callee_id, .. }) = table.get(&id) {
             let (callee, callee_id) = (callee.clone(), *callee_id);
             drop(table);
             return calls::forward(&callee, Kind::ChunkCredit, callee_id, &frame.body);

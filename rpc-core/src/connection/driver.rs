@@ -45,14 +45,15 @@ async fn read_first_frame<R: TransportReader>(
     })?
 }
 
-fn hello_bytes(connection_id: u64, max_calls: usize) -> bytes::Bytes {
+fn hello_bytes(connection_id: u64, limits: &crate::Limits) -> bytes::Bytes {
     let mut out = BytesMut::new();
     let start = frame::begin_frame(&mut out, Kind::Hello, 0, None);
     Hello {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         connection_id,
-        max_calls: max_calls.min(u32::MAX as usize) as u32,
+        max_calls: limits.max_calls_in_flight.min(u32::MAX as usize) as u32,
+        max_streams: limits.max_streams.min(u32::MAX as usize) as u32,
     }
     .encode(&mut out);
     frame::finish_frame(&mut out, start);
@@ -98,13 +99,12 @@ pub(crate) async fn dial<T: Transport>(
     let limits = kernel.limits();
     let info = transport.info();
     let (mut reader, mut writer) = transport.split();
-    writer.write(hello_bytes(0, limits.max_calls_in_flight)).await?;
+    writer.write(hello_bytes(0, &limits)).await?;
     let mut decoder = FrameDecoder::new(limits.frame_limit());
     decoder.set_reservation(limits.read_reservation);
     let first = read_first_frame(&mut reader, &mut decoder, limits.handshake_timeout).await?;
     let hello = check_hello(&first).map_err(|(_, reason)| RpcError::disconnected(reason))?;
-    let shared =
-        ConnShared::new(hello.connection_id, Role::Dialer, info, kernel, limits, hello.max_calls);
+    let shared = ConnShared::new(hello.connection_id, Role::Dialer, info, kernel, limits, &hello);
     start_loops(&shared, reader, writer, decoder);
     Ok(Connection { shared })
 }
@@ -129,8 +129,8 @@ pub(crate) async fn accept<T: Transport>(
         }
     };
     let id = kernel.next_connection_id();
-    writer.write(hello_bytes(id, limits.max_calls_in_flight)).await?;
-    let shared = ConnShared::new(id, Role::Acceptor, info, kernel.clone(), limits, hello.max_calls);
+    writer.write(hello_bytes(id, &limits)).await?;
+    let shared = ConnShared::new(id, Role::Acceptor, info, kernel.clone(), limits, &hello);
     if !kernel.security().is_none_or(|s| s.allow_anonymous()) {
         // Until it authenticates: only Auth and Ping, in small frames, within a deadline.
         shared.authenticated.store(false, Ordering::Release);

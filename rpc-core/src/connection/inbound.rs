@@ -40,10 +40,19 @@ pub(crate) enum Inbound {
     /// here (bounded by the sender's chunk window).
     Routing { abort: AbortHandle, queued: Vec<Frame> },
     /// A routed call forwarded to `callee` as its call `callee_id`.
-    Routed { callee: Arc<ConnShared>, callee_id: u32 },
+    Routed { callee: Arc<ConnShared>, callee_id: u32, stream: bool },
 }
 
 impl Inbound {
+    /// Whether the call counts against the stream budget rather than the call budget.
+    fn is_stream(&self) -> bool {
+        match self {
+            Inbound::Local { credit, .. } => credit.is_some(),
+            Inbound::Routing { .. } => false,
+            Inbound::Routed { stream, .. } => *stream,
+        }
+    }
+
     /// Called when the call must stop (cancel, or the caller's connection closed).
     pub(crate) fn abort(self) {
         match self {
@@ -51,7 +60,7 @@ impl Inbound {
                 handle.abort()
             }
             Inbound::Local { abort: None, .. } => {}
-            Inbound::Routed { callee, callee_id } => callee.cancel_outbound(callee_id),
+            Inbound::Routed { callee, callee_id, .. } => callee.cancel_outbound(callee_id),
         }
     }
 }
@@ -75,6 +84,7 @@ impl Drop for SlotGuard {
 pub(crate) fn reserve_slot(
     conn: &Arc<ConnShared>,
     id: u32,
+    stream: bool,
 ) -> Option<parking_lot::MutexGuard<'_, std::collections::HashMap<u32, Inbound>>> {
     let table = conn.inbound.lock();
     if table.contains_key(&id) {
@@ -82,13 +92,23 @@ pub(crate) fn reserve_slot(
         conn.protocol_error(id, "Call reuses the id of a call still running");
         return None;
     }
-    if table.len() >= conn.limits.max_calls_in_flight {
-        let running = table.len();
+    let (limit, knob) = match stream {
+        false => (conn.limits.max_calls_in_flight, "Limits::max_calls_in_flight"),
+        true => (conn.limits.max_streams, "Limits::max_streams"),
+    };
+    // Counting only when the table is large keeps the common case O(1).
+    let running = if table.len() < limit {
+        0
+    } else {
+        table.values().filter(|call| call.is_stream() == stream).count()
+    };
+    if running >= limit {
         drop(table);
+        let what = if stream { "streams are" } else { "calls are" };
         conn.send_error(
             id,
             &RpcError::busy(format!(
-                "{running} calls are already running on this connection (Limits::max_calls_in_flight); retry later"
+                "{running} {what} already open on this connection ({knob}); retry later"
             )),
         );
         return None;
@@ -154,7 +174,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS as u32) as usize))
     });
 
-    let Some(mut table) = reserve_slot(conn, id) else { return };
+    let Some(mut table) = reserve_slot(conn, id, kind.streams_out()) else { return };
     conn.kernel.stats_call_started();
     let guard = SlotGuard { conn: conn.clone(), id };
     let ctx = Context {
@@ -345,7 +365,7 @@ pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
                 *args = None;
             }
         }
-        Some(Inbound::Routed { callee, callee_id }) => {
+        Some(Inbound::Routed { callee, callee_id, .. }) => {
             let (callee, callee_id) = (callee.clone(), *callee_id);
             drop(table);
             super::calls::forward(&callee, frame.kind, callee_id, &frame.body);
@@ -372,7 +392,7 @@ pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
                 credit.add_permits(n);
             }
         }
-        Some(Inbound::Routed { callee, callee_id }) => {
+        Some(Inbound::Routed { callee, callee_id, .. }) => {
             let (callee, callee_id) = (callee.clone(), *callee_id);
             drop(table);
             super::calls::forward(&callee, Kind::Credit, callee_id, &frame.body);

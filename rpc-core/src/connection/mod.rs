@@ -75,6 +75,8 @@ pub(crate) struct ConnShared {
     /// Calls the remote accepts at once (from its Hello): calls beyond wait here for a slot
     /// rather than be refused with `Busy`.
     pub(crate) call_slots: Arc<Semaphore>,
+    /// Streaming calls the remote accepts open at once (from its Hello), likewise.
+    pub(crate) stream_slots: Arc<Semaphore>,
     /// Whether the remote may call actions (anonymous access allowed, or authenticated).
     pub(crate) authenticated: AtomicBool,
     /// Frames sent before authenticating that were not allowed then.
@@ -94,7 +96,7 @@ impl ConnShared {
         info: TransportInfo,
         kernel: RpcKernel,
         limits: Arc<Limits>,
-        remote_max_calls: u32,
+        remote: &crate::protocol::message::Hello,
     ) -> Arc<ConnShared> {
         let (closed_tx, _) = watch::channel(false);
         Arc::new(ConnShared {
@@ -127,7 +129,10 @@ impl ConnShared {
             authenticated: AtomicBool::new(true),
             preauth_strikes: AtomicU32::new(0),
             call_slots: Arc::new(Semaphore::new(
-                (remote_max_calls.max(1) as usize).min(Semaphore::MAX_PERMITS),
+                (remote.max_calls.max(1) as usize).min(Semaphore::MAX_PERMITS),
+            )),
+            stream_slots: Arc::new(Semaphore::new(
+                (remote.max_streams.max(1) as usize).min(Semaphore::MAX_PERMITS),
             )),
         })
     }
@@ -196,6 +201,7 @@ impl ConnShared {
         }
         self.outbox.close();
         self.call_slots.close();
+        self.stream_slots.close();
         self.closed_tx.send_replace(true);
         let alias = self.peer_alias.lock().take();
         if let Some(alias) = &alias {

@@ -60,11 +60,21 @@ struct KernelInner {
     limits: Arc<Limits>,
     connections: Mutex<HashMap<u64, Connection>>,
     next_connection_id: AtomicU64,
+    handshakes: AtomicU64,
     counters: Counters,
     router: router::Router,
     listeners: RwLock<Vec<Listener>>,
     has_listeners: AtomicBool,
     middleware: RwLock<middleware::Chain>,
+}
+
+/// A handshake in progress, counted toward [`Limits::max_handshakes`].
+pub(crate) struct HandshakeGuard(RpcKernel);
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.0.inner.handshakes.fetch_sub(1, Relaxed);
+    }
 }
 
 /// The registry of controllers and the policy that guards them. Cheap to clone: clones share
@@ -127,6 +137,7 @@ impl RpcKernel {
                 limits: Arc::new(limits),
                 connections: Mutex::new(HashMap::new()),
                 next_connection_id: AtomicU64::new(1),
+                handshakes: AtomicU64::new(0),
                 counters: Counters::default(),
                 router: router::Router::default(),
                 listeners: RwLock::new(Vec::new()),
@@ -302,6 +313,24 @@ impl RpcKernel {
     /// the remote makes back.
     pub async fn dial<T: Transport>(&self, transport: T) -> Result<Connection, RpcError> {
         crate::connection::driver::dial(transport, self.clone()).await
+    }
+
+    /// Whether a new connection would be refused (too many open or in their handshake).
+    /// Transports that can refuse before any protocol byte (WebSocket: HTTP 503 before the
+    /// upgrade) ask this first.
+    pub fn at_capacity(&self) -> bool {
+        let limits = &self.inner.limits;
+        self.inner.counters.connections.load(Relaxed) as usize >= limits.max_connections
+            || self.inner.handshakes.load(Relaxed) as usize >= limits.max_handshakes
+    }
+
+    /// Counts a handshake in progress until the guard drops; `None` if at capacity.
+    pub(crate) fn begin_handshake(&self) -> Option<HandshakeGuard> {
+        if self.at_capacity() {
+            return None;
+        }
+        self.inner.handshakes.fetch_add(1, Relaxed);
+        Some(HandshakeGuard(self.clone()))
     }
 
     /// The live connections this kernel accepted (for broadcasts).

@@ -128,7 +128,11 @@ pub(crate) fn route_call(conn: &Arc<ConnShared>, frame: Frame) {
         Ok(alias) => alias.to_string(),
         Err(_) => return conn.protocol_error(id, "malformed route target"),
     };
-    let Some(mut table) = reserve_slot(conn, id) else { return };
+    // A streaming call asks for a window; a Call that starts a chunked one is unary.
+    let stream = frame.kind == Kind::Call
+        && message::CallHead::decode(&frame.body, conn.limits.depth_limit())
+            .is_ok_and(|h| h.window > 0);
+    let Some(mut table) = reserve_slot(conn, id, stream) else { return };
     let caller = conn.clone();
     let task = tokio::spawn(async move {
         let session = caller.session.read().clone();
@@ -139,7 +143,7 @@ pub(crate) fn route_call(conn: &Arc<ConnShared>, frame: Frame) {
             tracing::debug!(connection = caller.id, %alias, allowed, "routed call refused");
             return caller.answer_error(id, &unreachable_peer(&alias));
         };
-        if let Err(e) = forward_call(&caller, id, &callee, &session, frame) {
+        if let Err(e) = forward_call(&caller, id, &callee, &session, frame, stream) {
             caller.answer_error(id, &e);
         }
     });
@@ -152,8 +156,10 @@ fn forward_call(
     callee: &Arc<ConnShared>,
     session: &crate::Session,
     frame: Frame,
+    stream: bool,
 ) -> Result<(), RpcError> {
-    let slot = callee.call_slots.clone().try_acquire_owned().map_err(|_| {
+    let slots = if stream { &callee.stream_slots } else { &callee.call_slots };
+    let slot = slots.clone().try_acquire_owned().map_err(|_| {
         RpcError::busy("the peer has as many calls in flight as it accepts; retry later")
     })?;
     let callee_id = callee.alloc_id()?;
@@ -171,7 +177,7 @@ fn forward_call(
     let mut table = caller.inbound.lock();
     let queued = match table.get_mut(&caller_id) {
         Some(entry @ Inbound::Routing { .. }) => {
-            let routed = Inbound::Routed { callee: callee.clone(), callee_id };
+            let routed = Inbound::Routed { callee: callee.clone(), callee_id, stream };
             match std::mem::replace(entry, routed) {
                 Inbound::Routing { queued, .. } => queued,
                 _ => Vec::new(),

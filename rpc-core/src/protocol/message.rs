@@ -65,7 +65,7 @@ fn write_opt_str(out: &mut BytesMut, s: Option<&str>) {
     }
 }
 
-/// Hello: `["rpc", min_version, max_version, connection_id, max_calls]`.
+/// Hello: `["rpc", min_version, max_version, connection_id, max_calls, max_streams]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     /// Lowest version the sender speaks.
@@ -77,18 +77,21 @@ pub struct Hello {
     /// Calls the sender accepts in flight at once; the receiver queues calls beyond it
     /// instead of sending them (and being answered `Busy`).
     pub max_calls: u32,
+    /// Streaming calls the sender accepts open at once (counted apart from `max_calls`).
+    pub max_streams: u32,
 }
 
 impl Hello {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
         let mut w = out.writer();
-        let _ = enc::write_array_len(&mut w, 5);
+        let _ = enc::write_array_len(&mut w, 6);
         let _ = enc::write_str(&mut w, MAGIC);
         let _ = enc::write_uint(&mut w, self.min_version as u64);
         let _ = enc::write_uint(&mut w, self.max_version as u64);
         let _ = enc::write_uint(&mut w, self.connection_id);
         let _ = enc::write_uint(&mut w, self.max_calls as u64);
+        let _ = enc::write_uint(&mut w, self.max_streams as u64);
     }
 
     /// Decodes the body.
@@ -103,7 +106,9 @@ impl Hello {
         let connection_id = if n >= 4 { read_uint(rest, "Hello")? } else { 0 };
         let max_calls =
             if n >= 5 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 100 };
-        Ok(Hello { min_version, max_version, connection_id, max_calls })
+        let max_streams =
+            if n >= 6 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 1024 };
+        Ok(Hello { min_version, max_version, connection_id, max_calls, max_streams })
     }
 
     /// The highest version both sides speak.
@@ -399,12 +404,20 @@ mod tests {
     #[test]
     fn hello_negotiates_the_common_version() {
         let mut out = BytesMut::new();
-        Hello { min_version: 1, max_version: 7, connection_id: 9, max_calls: 5 }.encode(&mut out);
+        Hello { min_version: 1, max_version: 7, connection_id: 9, max_calls: 5, max_streams: 6 }
+            .encode(&mut out);
         let h = Hello::decode(&out).unwrap();
         assert_eq!(h.negotiate(), Some(1));
-        assert_eq!((h.connection_id, h.max_calls), (9, 5));
+        assert_eq!((h.connection_id, h.max_calls, h.max_streams), (9, 5, 6));
         assert_eq!(
-            Hello { min_version: 2, max_version: 3, connection_id: 0, max_calls: 1 }.negotiate(),
+            Hello {
+                min_version: 2,
+                max_version: 3,
+                connection_id: 0,
+                max_calls: 1,
+                max_streams: 1
+            }
+            .negotiate(),
             None
         );
     }
