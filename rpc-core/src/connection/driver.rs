@@ -117,6 +117,16 @@ pub(crate) async fn accept<T: Transport>(
     let limits = kernel.limits();
     let info = transport.info();
     let (mut reader, mut writer) = transport.split();
+    let Some(_handshake) = kernel.begin_handshake() else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = writer.write(goaway_bytes(GoAwayCode::ServerFull, "server full")).await;
+            let _ = writer.close().await;
+        })
+        .await;
+        return Err(RpcError::busy(
+            "the server is full (Limits::max_connections or max_handshakes)",
+        ));
+    };
     let mut decoder = FrameDecoder::new(limits.max_preauth_frame_size.min(limits.frame_limit()));
     decoder.set_reservation(limits.read_reservation);
     let first = read_first_frame(&mut reader, &mut decoder, limits.handshake_timeout).await?;
