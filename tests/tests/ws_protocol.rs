@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use rpc_core::protocol::frame::{self, Frame, FrameDecoder, Kind};
-use rpc_core::protocol::message::{GoAway, GoAwayCode, Hello, PROTOCOL_VERSION};
+use rpc_core::protocol::message::{GoAway, GoAwayCode};
+use rpc_core::transport::{ByteStream, TransportInfo};
 use rpc_core::{Limits, RpcKernel, controller};
 use rpc_ws::{RpcWebSocketClient, RpcWebSocketServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,16 +56,22 @@ fn frame_bytes(kind: Kind, id: u32, body: impl FnOnce(&mut BytesMut)) -> BytesMu
     out
 }
 
-fn hello() -> BytesMut {
-    frame_bytes(Kind::Hello, 0, |out| {
-        Hello {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            connection_id: 0,
-            max_calls: 100,
-        }
-        .encode(out)
-    })
+/// The Hello frame a real dialer sends, captured from a kernel dialing over a pipe (so this
+/// test does not depend on the Hello body's layout).
+async fn hello() -> BytesMut {
+    let (ours, mut theirs) = tokio::io::duplex(64 << 10);
+    let (read, write) = tokio::io::split(ours);
+    let dialer = RpcKernel::new();
+    let dial = tokio::spawn(async move {
+        dialer.dial(ByteStream::new(read, write, TransportInfo::default())).await
+    });
+    let mut len = [0u8; 4];
+    theirs.read_exact(&mut len).await.unwrap();
+    let mut out = BytesMut::from(&len[..]);
+    out.resize(4 + u32::from_be_bytes(len) as usize, 0);
+    theirs.read_exact(&mut out[4..]).await.unwrap();
+    dial.abort();
+    out
 }
 
 async fn raw(addr: SocketAddr) -> Raw {
@@ -105,7 +112,7 @@ async fn close_code(ws: &mut Raw) -> CloseCode {
 async fn several_frames_in_one_message_and_pings() {
     let (addr, _stop) = server(RpcKernel::new()).await;
     let mut ws = raw(addr).await;
-    let mut message = hello();
+    let mut message = hello().await;
     message.extend_from_slice(&frame_bytes(Kind::Ping, 7, |_| {}));
     ws.send(Message::Binary(message.freeze())).await.unwrap();
     let got = frames(&mut ws, 2).await;
@@ -126,7 +133,7 @@ async fn text_message_closes_with_1003() {
     assert_eq!(close_code(&mut ws).await, CloseCode::Unsupported);
     // After it.
     let mut ws = raw(addr).await;
-    ws.send(Message::Binary(hello().freeze())).await.unwrap();
+    ws.send(Message::Binary(hello().await.freeze())).await.unwrap();
     frames(&mut ws, 1).await;
     ws.send(Message::text("{\"json\": true}")).await.unwrap();
     assert_eq!(close_code(&mut ws).await, CloseCode::Unsupported);
@@ -140,7 +147,7 @@ async fn message_above_the_limit_closes_with_1009() {
     let limits = Limits::default().max_frame_size(64 << 10);
     let (addr, _stop) = server(RpcKernel::with_limits(limits.clone())).await;
     let mut ws = raw(addr).await;
-    ws.send(Message::Binary(hello().freeze())).await.unwrap();
+    ws.send(Message::Binary(hello().await.freeze())).await.unwrap();
     frames(&mut ws, 1).await;
     // Frame limit + 4 is the largest message; one byte more is refused by tungstenite.
     let too_big = vec![0u8; rpc_ws::max_message_size(&limits) + 1];
@@ -152,7 +159,7 @@ async fn message_above_the_limit_closes_with_1009() {
 async fn kernel_close_sends_goaway_then_1000() {
     let (addr, stop) = server(RpcKernel::new()).await;
     let mut ws = raw(addr).await;
-    ws.send(Message::Binary(hello().freeze())).await.unwrap();
+    ws.send(Message::Binary(hello().await.freeze())).await.unwrap();
     frames(&mut ws, 1).await;
     stop.send(()).unwrap();
     let goaway = frames(&mut ws, 1).await.remove(0);
