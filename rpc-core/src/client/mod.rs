@@ -62,6 +62,9 @@ pub enum ConnectionState {
     Disconnected(RpcError),
 }
 
+/// A hook run after each new connection.
+type ConnectHook = Arc<dyn Fn(&RpcClient) + Send + Sync>;
+
 struct ClientInner {
     connector: Box<dyn Connector>,
     kernel: RpcKernel,
@@ -71,7 +74,7 @@ struct ClientInner {
     token_generation: AtomicU32,
     connections_made: AtomicU32,
     state: watch::Sender<ConnectionState>,
-    on_connect: Mutex<Vec<Arc<dyn Fn(&RpcClient) + Send + Sync>>>,
+    on_connect: Mutex<Vec<ConnectHook>>,
 }
 
 impl Drop for ClientInner {

@@ -505,10 +505,10 @@ pub(crate) fn on_credit(conn: &Arc<ConnShared>, frame: Frame) {
                 forward(&caller, Kind::Credit, caller_id, &frame.body);
             }
         }
-        Some(Pending { arg_credit: Some(credit), .. }) => {
-            if credit.available_permits() + n <= Semaphore::MAX_PERMITS {
-                credit.add_permits(n);
-            }
+        Some(Pending { arg_credit: Some(credit), .. })
+            if credit.available_permits() + n <= Semaphore::MAX_PERMITS =>
+        {
+            credit.add_permits(n);
         }
         _ => {}
     }

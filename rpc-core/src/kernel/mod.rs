@@ -5,7 +5,8 @@
 //! - [`responder`]: how an action answers.
 //! - [`context`]: what a handler can ask about its call.
 //! - [`security`]: the policy ([`Security`], [`Session`], [`Token`]).
-//! - [`stats`]: counters.
+//! - [`stats`] holds the counters.
+//! - [`events`] and [`middleware`]: observing and wrapping calls.
 
 pub mod context;
 pub mod controller;

@@ -56,7 +56,7 @@ impl Token {
     /// The token as a string, if the client set a string.
     pub fn as_str(&self) -> Option<&str> {
         match rmp::decode::read_str_from_slice(&self.raw[..]) {
-            Ok((s, rest)) if rest.is_empty() => Some(s),
+            Ok((s, [])) => Some(s),
             _ => None,
         }
     }
