@@ -262,3 +262,16 @@ async fn invalid_urls_fail_with_a_clear_error() {
         assert!(err.to_string().contains("URL"), "{url}: {err}");
     }
 }
+
+#[tokio::test]
+async fn wss_without_a_config_uses_the_public_roots() {
+    // The test CA is not among the Mozilla roots, so the default wss:// client refuses it.
+    let pki = TestPki::shared();
+    let wss =
+        RpcWebSocketServer::bind_tls("127.0.0.1:0", kernel(), pki.server_config()).await.unwrap();
+    let addr = wss.local_addr().unwrap();
+    tokio::spawn(wss.serve());
+    let client = RpcWebSocketClient::with_limits(format!("wss://{addr}/"), limits());
+    let reason = fails_cleanly(&client).await;
+    assert!(reason.contains("TLS"), "{reason}");
+}
