@@ -90,6 +90,8 @@ impl RpcTcpServer {
     /// every client; 0-RTT is off. If the config verifies client certificates (mutual TLS),
     /// the verified identity is in `ctx.connection().transport().peer_identity`. The TLS
     /// handshake must finish within the kernel's `Limits::handshake_timeout` (default 10 s).
+    /// When the kernel is at capacity (`Limits::max_connections` or `max_handshakes`), a new
+    /// socket is closed before its TLS handshake.
     ///
     /// ```no_run
     /// # fn server_config() -> rustls::ServerConfig { unimplemented!() }
@@ -154,6 +156,10 @@ async fn accept_tcp(
         let info = TransportInfo { remote_addr: Some(remote), kind: "tcp", peer_identity: None };
         return kernel.accept(ByteStream::new(read, write, info)).await;
     };
+    if kernel.at_capacity() {
+        // Refusing before the TLS handshake costs nothing; the client sees the socket close.
+        return Err(RpcError::busy("server full: closed before the TLS handshake"));
+    }
     let deadline = kernel.limits().handshake_timeout;
     let (tls_stream, peer_identity) = tokio::time::timeout(deadline, tls.accept(stream))
         .await

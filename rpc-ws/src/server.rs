@@ -12,6 +12,8 @@ use rpc_tcp::tls::{ALPN_HTTP1, TlsAcceptor};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 
 use crate::transport::{WsTransport, websocket_config};
 
@@ -21,7 +23,9 @@ use crate::transport::{WsTransport, websocket_config};
 /// The TLS handshake and the HTTP upgrade together must finish within the kernel's
 /// `Limits::handshake_timeout` (default 10 s) from accept; tungstenite's own bounds on the
 /// upgrade request (64 KiB, 512 reads) apply too. The WebSocket limits are those of
-/// [`websocket_config`](crate::websocket_config).
+/// [`websocket_config`](crate::websocket_config). When the kernel is at capacity
+/// (`Limits::max_connections` or `max_handshakes`), the upgrade is refused with HTTP 503,
+/// and a `wss://` socket is closed before its TLS handshake.
 ///
 /// ```no_run
 /// use rpc_core::RpcKernel;
@@ -125,6 +129,9 @@ async fn accept_ws(
         let info = TransportInfo { remote_addr: Some(remote), kind: "ws", peer_identity: None };
         return upgrade(kernel, stream, info, deadline, timeout).await;
     };
+    if kernel.at_capacity() {
+        return Err(RpcError::busy("server full: closed before the TLS handshake"));
+    }
     let (stream, peer_identity) = tokio::time::timeout_at(deadline, tls.accept(stream))
         .await
         .map_err(|_| timed_out("TLS", timeout))?
@@ -144,9 +151,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = websocket_config(&kernel.limits());
+    // Refuse with HTTP 503 before the upgrade when the kernel is full (no protocol byte
+    // is exchanged; the client sees the status).
+    let full = kernel.clone();
+    let admit = move |_: &Request, response: Response| {
+        if full.at_capacity() {
+            let mut refusal = ErrorResponse::new(Some(
+                "server full (Limits::max_connections or max_handshakes)".into(),
+            ));
+            *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Err(refusal);
+        }
+        Ok(response)
+    };
     let ws = tokio::time::timeout_at(
         deadline,
-        tokio_tungstenite::accept_async_with_config(stream, Some(config)),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, admit, Some(config)),
     )
     .await
     .map_err(|_| timed_out("WebSocket upgrade", timeout))?

@@ -275,3 +275,17 @@ async fn wss_without_a_config_uses_the_public_roots() {
     let reason = fails_cleanly(&client).await;
     assert!(reason.contains("TLS"), "{reason}");
 }
+
+#[tokio::test]
+async fn full_tls_server_closes_new_sockets_before_the_handshake() {
+    let pki = TestPki::shared();
+    let kernel = RpcKernel::with_limits(limits().max_connections(1));
+    kernel.register(ProbeServer::new(ProbeImpl));
+    let server = RpcTcpServer::bind_tls("127.0.0.1:0", kernel, pki.server_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+    let first = tls_client(addr, pki.client_config());
+    assert_eq!(who(&first).await.0, "tls");
+    fails_cleanly(&tls_client(addr, pki.client_config())).await;
+    assert_eq!(who(&first).await.0, "tls");
+}

@@ -192,3 +192,20 @@ async fn unmasked_client_frame_closes_with_1002() {
     assert_eq!(reply[0], 0x88, "a Close frame");
     assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002);
 }
+
+#[tokio::test]
+async fn full_server_refuses_the_upgrade_with_503() {
+    let (addr, _stop) = server(RpcKernel::with_limits(Limits::default().max_connections(1))).await;
+    let first = RpcWebSocketClient::connect(format!("ws://{addr}/rpc")).await.unwrap();
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/rpc")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    let second = RpcWebSocketClient::new(format!("ws://{addr}/rpc"));
+    let err = second.connect().await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    // The connection already open is kept.
+    assert_eq!(first.controller::<EchoClient>().echo("kept".into()).await.unwrap(), "kept");
+}
