@@ -32,7 +32,8 @@ pub trait Entity: 'static {
     const ENTITY_NAME: &'static str;
 }
 
-/// A value of some [`Entity`] type, with its name: `[name, value]` on the wire.
+/// A value of some [`Entity`] type, with its name: a map `{name, value}` on the wire, the
+/// value being the entity's MessagePack encoding as bytes.
 ///
 /// ```
 /// use rpc_core::{AnyEntity, Entity};

@@ -34,6 +34,7 @@ use futures::StreamExt;
 use serde::de::IgnoredAny;
 use tokio::sync::mpsc;
 
+use crate::protocol::chunk::{self, Reassembly};
 use crate::protocol::codec::{self, ArgsReader};
 use crate::protocol::frame::{self, Frame, FrameDecoder, FrameError, Kind};
 use crate::protocol::message::{self, CallHead, GoAway, GoAwayCode, Hello, RouteSource};
@@ -154,10 +155,13 @@ pub fn raw_frame(kind: u8, flags: u8, id: u32, body: &[u8]) -> Vec<u8> {
 
 /// The dialer's Hello frame.
 pub fn hello_frame(max_calls: u32) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    Hello { min_version: 1, max_version: 1, connection_id: 0, max_calls }.encode(&mut body);
+    // ["rpc", min_version, max_version, connection_id, max_calls, max_streams]
+    let body = codec::encode_value(&("rpc", 1u32, 1u32, 0u64, max_calls, 1024u32)).unwrap();
     frame_bytes(Kind::Hello, 0, None, &body)
 }
+
+/// Reassemblies a connection holds at once in [`chunk_frames`] (as `Limits::max_reassemblies`).
+pub const MAX_REASSEMBLIES: usize = 4;
 
 /// A Call body: `[controller, action, args, timeout_ms, window]` with `args` already encoded.
 pub fn call_body(controller: &str, action: &str, args: &[u8], timeout_ms: Option<u64>) -> Vec<u8> {
@@ -375,7 +379,11 @@ impl Security for FuzzSecurity {
         }
     }
 
-    async fn has_controller_access(&self, session: &Session, access: &ControllerAccess<'_>) -> bool {
+    async fn has_controller_access(
+        &self,
+        session: &Session,
+        access: &ControllerAccess<'_>,
+    ) -> bool {
         access.action() != "secret" || session.username() == "admin"
     }
 
@@ -663,7 +671,9 @@ pub async fn server_bytes(data: &[u8]) {
         if require_auth && !server.authenticated.load(Ordering::SeqCst) {
             assert_eq!(server.runs.load(Ordering::SeqCst), 0, "a handler ran before auth");
             assert!(
-                !frames.iter().any(|f| matches!(f.kind, Kind::Reply | Kind::StreamOpen | Kind::Item)),
+                !frames
+                    .iter()
+                    .any(|f| matches!(f.kind, Kind::Reply | Kind::StreamOpen | Kind::Item)),
                 "answers before authentication"
             );
         }
@@ -815,86 +825,6 @@ pub fn message_decoders(data: &[u8]) {
 // ---------------------------------------------------------------------------------------
 // Target 3: framing under arbitrary read boundaries, and chunk reassembly.
 
-/// A reference reassembler for Chunk frames, used by [`chunk_frames`] until the core has
-/// its own (see `fuzz/README.md`). Provisional layout of a Chunk body: the first chunk of a
-/// call starts with the total size (u32, big-endian), every chunk then carries raw bytes.
-/// Rules checked (ROBUSTNESS.md §1, S6–S8): a declared total above the message limit fails
-/// on the first chunk; at most `max_active` reassemblies per connection; a reassembly never
-/// holds more than its received bytes plus one reservation; bytes past the total fail.
-#[derive(Debug)]
-pub struct Reassembler {
-    max_message: usize,
-    max_active: usize,
-    reservation: usize,
-    active: Vec<(u32, usize, Vec<u8>)>,
-}
-
-/// What one Chunk frame did to a reassembly.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChunkOutcome {
-    /// More chunks needed.
-    Partial,
-    /// The whole message.
-    Complete(Vec<u8>),
-    /// The call failed (declared total too large, overflow, too many reassemblies, ...).
-    Rejected(&'static str),
-}
-
-impl Reassembler {
-    /// A reassembler with the given limits.
-    pub fn new(max_message: usize, max_active: usize, reservation: usize) -> Reassembler {
-        Reassembler { max_message, max_active, reservation, active: Vec::new() }
-    }
-
-    /// Feeds one Chunk body of call `id`.
-    pub fn push(&mut self, id: u32, body: &[u8]) -> ChunkOutcome {
-        let index = match self.active.iter().position(|(i, _, _)| *i == id) {
-            Some(i) => i,
-            None => {
-                if body.len() < 4 {
-                    return ChunkOutcome::Rejected("first chunk without a total");
-                }
-                let total = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
-                if total > self.max_message {
-                    return ChunkOutcome::Rejected("declared total above the message limit");
-                }
-                if self.active.len() >= self.max_active {
-                    return ChunkOutcome::Rejected("too many reassemblies");
-                }
-                // Never reserve the declared total up front (S8).
-                let buf = Vec::with_capacity(total.min(self.reservation));
-                self.active.push((id, total, buf));
-                let index = self.active.len() - 1;
-                return self.append(index, &body[4..]);
-            }
-        };
-        self.append(index, body)
-    }
-
-    fn append(&mut self, index: usize, bytes: &[u8]) -> ChunkOutcome {
-        let (_, total, buf) = &mut self.active[index];
-        if buf.len() + bytes.len() > *total {
-            self.active.swap_remove(index);
-            return ChunkOutcome::Rejected("chunks exceed the declared total");
-        }
-        buf.extend_from_slice(bytes);
-        assert!(
-            buf.capacity() <= (2 * buf.len()).max(buf.len() + self.reservation),
-            "a reassembly holds far more than it received"
-        );
-        if buf.len() == *total {
-            let (_, _, buf) = self.active.swap_remove(index);
-            return ChunkOutcome::Complete(buf);
-        }
-        ChunkOutcome::Partial
-    }
-
-    /// Bytes held by open reassemblies.
-    pub fn held(&self) -> usize {
-        self.active.iter().map(|(_, _, b)| b.len()).sum()
-    }
-}
-
 fn decode_all(decoder: &mut FrameDecoder, reads: &[Bytes]) -> (Vec<Frame>, Option<FrameError>) {
     let mut frames = Vec::new();
     for read in reads {
@@ -920,15 +850,22 @@ fn decode_all(decoder: &mut FrameDecoder, reads: &[Bytes]) -> (Vec<Frame>, Optio
     (frames, None)
 }
 
-/// Target `chunk_frames`. Input: `limit: u16`, `seed: u16`, `max_read: u8`, then a byte
-/// stream. The decoder must produce the same frames (and the same error) whatever the read
-/// boundaries, keep its buffer bounded, and round-trip every frame; Chunk frames go through
-/// the reference [`Reassembler`].
+/// Target `chunk_frames`. Input: `limit: u16`, `seed: u16`, `max_read: u8`,
+/// `chunk_size: u8`, then a byte stream.
+///
+/// Framing: the decoder must produce the same frames (and the same error) whatever the read
+/// boundaries, keep its buffer bounded whatever a header declares, and round-trip every
+/// frame. Chunks: every Chunk frame goes through the core's [`Reassembly`] (per call id, at
+/// most [`MAX_REASSEMBLIES`] at once, as a connection does), which must never hold more than
+/// it received nor complete a message above the limit or of a kind that cannot be chunked;
+/// and every chunkable frame, cut into chunks of a fuzzer-chosen size, must reassemble to
+/// itself.
 pub fn chunk_frames(data: &[u8]) {
     let mut input = Input::new(data);
     let limit = 6 + input.u16() as usize;
     let seed = input.u16() as u32;
     let max_read = 1 + input.u8() as usize;
+    let chunk_size = 1 + input.u8() as usize;
     let stream = input.rest();
 
     let mut whole = FrameDecoder::new(limit);
@@ -938,20 +875,67 @@ pub fn chunk_frames(data: &[u8]) {
     let got = decode_all(&mut pieces, &cut(stream, seed, max_read));
     assert_eq!(got, expected, "read boundaries changed the decoded frames");
 
-    let mut reassembler = Reassembler::new(limit * 4, 2, 1024);
+    let max_message = limit * 4;
+    let mut active: Vec<(u32, Reassembly)> = Vec::new();
     for f in &expected.0 {
         assert!(f.wire_len() - 4 <= limit, "a frame above the limit was accepted");
-        let mut out = BytesMut::new();
-        f.encode(&mut out);
+        let mut wire = BytesMut::new();
+        f.encode(&mut wire);
         let mut d = FrameDecoder::new(limit);
-        d.buffer().extend_from_slice(&out);
+        d.buffer().extend_from_slice(&wire);
         assert_eq!(d.next_frame().unwrap().as_ref(), Some(f), "frame round trip");
+
         if f.kind == Kind::Chunk {
-            match reassembler.push(f.id, &f.body) {
-                ChunkOutcome::Complete(msg) => assert!(msg.len() <= limit * 4),
-                ChunkOutcome::Partial | ChunkOutcome::Rejected(_) => {}
+            let index = active.iter().position(|(id, _)| *id == f.id);
+            let outcome = match index {
+                Some(i) => active[i].1.push(f.id, &f.body),
+                None if active.len() >= MAX_REASSEMBLIES => continue,
+                None => match Reassembly::start(&f.body, max_message) {
+                    Ok(r) => {
+                        active.push((f.id, r));
+                        let last = active.len() - 1;
+                        active[last].1.push(f.id, &f.body)
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let i = active.iter().position(|(id, _)| *id == f.id).expect("just used");
+            match outcome {
+                Ok(Some(message)) => {
+                    assert!(chunk::is_chunkable(message.kind), "{:?} reassembled", message.kind);
+                    assert_eq!(message.id, f.id);
+                    let (_, r) = active.swap_remove(i);
+                    assert!(r.total() <= max_message);
+                    // The inner message is the frame without its length prefix and id.
+                    let mut out = BytesMut::new();
+                    message.encode(&mut out);
+                    assert_eq!(out.len() - 8, r.total(), "reassembled size");
+                }
+                Ok(None) => {
+                    let r = &active[i].1;
+                    assert!(r.received() < r.total() && r.total() <= max_message);
+                }
+                Err(_) => {
+                    active.swap_remove(i);
+                }
             }
-            assert!(reassembler.held() <= 2 * limit * 4);
+        } else if chunk::is_chunkable(f.kind) && f.route.is_none() {
+            // Sending side: cut the frame into chunks and put it back together.
+            let inner = chunk::inner_message(&wire);
+            let mut r: Option<Reassembly> = None;
+            let mut done = None;
+            for (header, piece) in chunk::chunk_bodies(&inner, chunk_size) {
+                let body = [&header[..], &piece[..]].concat();
+                let reassembly = match &mut r {
+                    Some(r) => r,
+                    None => {
+                        r.insert(Reassembly::start(&body, usize::MAX).expect("own chunks start"))
+                    }
+                };
+                assert!(done.is_none(), "chunks after the message completed");
+                done = reassembly.push(f.id, &body).expect("own chunks are consistent");
+            }
+            assert_eq!(done.as_ref(), Some(f), "a chunked frame reassembles to itself");
         }
     }
 }
@@ -1085,10 +1069,19 @@ pub fn decode_ops(input: &mut Input<'_>) -> Vec<Op> {
                     Op::Frame { kind: Kind::PeerRegister, id, body: body.to_vec() }
                 }
             }
-            10 => Op::Routed { id: pick_id(input), alias: ALIASES[input.u8() as usize % ALIASES.len()] },
+            10 => Op::Routed {
+                id: pick_id(input),
+                alias: ALIASES[input.u8() as usize % ALIASES.len()],
+            },
             11 => {
-                let kinds =
-                    [Kind::Reply, Kind::Error, Kind::StreamOpen, Kind::Item, Kind::End, Kind::Credit];
+                let kinds = [
+                    Kind::Reply,
+                    Kind::Error,
+                    Kind::StreamOpen,
+                    Kind::Item,
+                    Kind::End,
+                    Kind::Credit,
+                ];
                 Op::Answer { nth: input.u8(), kind: kinds[input.u8() as usize % kinds.len()] }
             }
             12 => {
@@ -1151,7 +1144,9 @@ pub async fn connection_ops(data: &[u8]) {
                 sent_ids.insert(id);
                 let (controller, action) = match action {
                     0xff => ("nope", "echo"),
-                    a if (a as usize) < ACTIONS.len() * 2 => ("fuzz", ACTIONS[a as usize % ACTIONS.len()]),
+                    a if (a as usize) < ACTIONS.len() * 2 => {
+                        ("fuzz", ACTIONS[a as usize % ACTIONS.len()])
+                    }
                     _ => ("fuzz", "nope"),
                 };
                 frame_bytes(Kind::Call, id, None, &call_body(controller, action, &args, timeout_ms))
@@ -1187,7 +1182,9 @@ pub async fn connection_ops(data: &[u8]) {
                         message::encode_error(&mut out, &RpcError::busy("no"));
                         out.to_vec()
                     }
-                    Kind::Item | Kind::Credit | Kind::StreamOpen => codec::encode_value(&1u32).unwrap(),
+                    Kind::Item | Kind::Credit | Kind::StreamOpen => {
+                        codec::encode_value(&1u32).unwrap()
+                    }
                     _ => Vec::new(),
                 };
                 frame_bytes(kind, id, None, &body)

@@ -43,9 +43,9 @@ pub struct Limits {
     /// Calls the remote side may have running here at once. Default 100; one more → `Busy`
     /// at once. A cancelled call keeps its slot until its handler has really ended.
     pub max_calls_in_flight: usize,
-    /// Calls this side may have outstanding to the remote at once. Default 10 000 for a
-    /// client, where excess calls wait for a slot; the server's calls back to a client fail
-    /// with `Busy` above 64.
+    /// Calls this side may have outstanding to the remote at once (a safety bound beside the
+    /// remote's advertised budget, for which calls wait). Default 10 000; one more fails
+    /// with `Busy`.
     pub max_outbound_calls: usize,
     /// Open streams (subscriptions) per connection. Default 1024; one more → `Busy`.
     pub max_streams: usize,

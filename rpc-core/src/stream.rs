@@ -12,6 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -26,6 +27,42 @@ use crate::kernel::responder::hidden_failure;
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::message;
+
+/// The sending half of a remote stream's channel, as the read loop holds it: items are
+/// accepted only within the credit the receiving [`RpcStream`] has granted, so a peer that
+/// ignores flow control is a protocol violation, never unbounded buffering.
+pub(crate) struct StreamSender {
+    tx: mpsc::UnboundedSender<Frame>,
+    allowance: Arc<AtomicU32>,
+}
+
+/// An item arrived beyond the granted credit.
+pub(crate) struct Overrun;
+
+impl StreamSender {
+    /// A channel whose sender may deliver `window` items before credit is granted.
+    pub(crate) fn channel(
+        window: u32,
+    ) -> (StreamSender, mpsc::UnboundedReceiver<Frame>, Arc<AtomicU32>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let allowance = Arc::new(AtomicU32::new(window));
+        (StreamSender { tx, allowance: allowance.clone() }, rx, allowance)
+    }
+
+    /// Delivers a frame; an Item only if credit allows it.
+    pub(crate) fn send(&self, frame: Frame) -> Result<(), Overrun> {
+        if frame.kind == Kind::Item {
+            let took = self
+                .allowance
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            if took.is_err() {
+                return Err(Overrun);
+            }
+        }
+        let _ = self.tx.send(frame);
+        Ok(())
+    }
+}
 
 type LocalStream<T> = Pin<Box<dyn Stream<Item = Result<T, RpcError>> + Send>>;
 
@@ -107,8 +144,10 @@ impl<T: DeserializeOwned> RpcStream<T> {
         window: u32,
         slot: OwnedSemaphorePermit,
         producer: Option<AbortHandle>,
+        allowance: Arc<AtomicU32>,
     ) -> RpcStream<T> {
-        RpcStream::remote(rx, conn, id, window, Direction::Result { slot: Some(slot), producer })
+        let direction = Direction::Result { slot: Some(slot), producer };
+        RpcStream::remote(rx, conn, id, window, direction, allowance)
     }
 
     /// The callee's end of an argument stream.
@@ -117,8 +156,9 @@ impl<T: DeserializeOwned> RpcStream<T> {
         conn: Arc<ConnShared>,
         id: u32,
         window: u32,
+        allowance: Arc<AtomicU32>,
     ) -> RpcStream<T> {
-        RpcStream::remote(rx, conn, id, window, Direction::Arguments)
+        RpcStream::remote(rx, conn, id, window, Direction::Arguments, allowance)
     }
 
     fn remote(
@@ -127,6 +167,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
         id: u32,
         window: u32,
         direction: Direction,
+        allowance: Arc<AtomicU32>,
     ) -> RpcStream<T> {
         RpcStream {
             inner: Inner::Remote(RemoteStream {
@@ -137,6 +178,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 consumed: 0,
                 done: false,
                 direction,
+                allowance,
                 decode: |body| codec::decode_value::<T>(body),
             }),
         }
@@ -185,6 +227,8 @@ struct RemoteStream<T> {
     consumed: u32,
     done: bool,
     direction: Direction,
+    /// Items the remote may still send (shared with the read loop's [`StreamSender`]).
+    allowance: Arc<AtomicU32>,
     /// Decodes an item (the stream type itself needs no `DeserializeOwned` bound, so the
     /// server can hold `RpcStream<T>` for any serializable `T`).
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
@@ -218,6 +262,7 @@ impl<T> RemoteStream<T> {
             Kind::Item => {
                 self.consumed += 1;
                 if self.consumed >= (self.window / 2).max(1) {
+                    self.allowance.fetch_add(self.consumed, Ordering::AcqRel);
                     self.conn.send_credit(self.id, self.consumed);
                     self.consumed = 0;
                 }

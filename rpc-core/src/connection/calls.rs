@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::ConnShared;
@@ -19,7 +19,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::message::{self, CallHead};
-use crate::stream::RpcStream;
+use crate::stream::{RpcStream, StreamSender};
 
 /// A call this side has outstanding.
 pub(crate) struct Pending {
@@ -34,8 +34,8 @@ pub(crate) struct Pending {
 pub(crate) enum Sink {
     /// A unary call (or a control request): the one answer frame.
     Unary(oneshot::Sender<Frame>),
-    /// A streaming call: StreamOpen, items, then End or Error.
-    Stream(mpsc::UnboundedSender<Frame>),
+    /// A streaming call: StreamOpen, items (within credit), then End or Error.
+    Stream(StreamSender),
     /// A call this routing server forwarded for `caller`: answers go back to it, unread.
     Routed { caller: Weak<ConnShared>, caller_id: u32, _slot: OwnedSemaphorePermit },
 }
@@ -112,6 +112,19 @@ impl ConnShared {
             self.stop_chunks(id);
             let _ = self.outbox.push(Kind::Cancel, id, None, |_| Ok(()));
         }
+    }
+
+    /// Ends call `id` here with `error` (delivered to whoever waits for it) and tells the
+    /// remote to stop it.
+    pub(crate) fn fail_outbound(self: &Arc<Self>, id: u32, error: &RpcError) {
+        if !self.outbound.lock().contains_key(&id) {
+            return;
+        }
+        let mut body = bytes::BytesMut::new();
+        message::encode_error(&mut body, error);
+        on_response(self, Frame::new(Kind::Error, id, body.freeze()));
+        self.stop_chunks(id);
+        let _ = self.outbox.push(Kind::Cancel, id, None, |_| Ok(()));
     }
 
     /// Registers a pending call; fails if the connection closed meanwhile.
@@ -272,13 +285,13 @@ impl ConnShared {
         let deadline = Instant::now() + spec.timeout;
         let slot = self.acquire_slot(deadline, &spec, &self.stream_slots).await?;
         let id = self.alloc_id()?;
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let window = self.limits.stream_window.max(1);
+        let (tx, mut rx, allowance) = StreamSender::channel(window);
         let mut pending = Pending::new(Sink::Stream(tx));
         let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
         pending.arg_credit = credit.clone();
         self.register_pending(id, pending)?;
         let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        let window = self.limits.stream_window.max(1);
         guard.sent = true;
         self.send_call(id, &spec, window).await?;
         // The argument stream starts at once: the remote's credit paces it.
@@ -308,7 +321,15 @@ impl ConnShared {
         match first.kind {
             Kind::StreamOpen => {
                 guard.armed = false;
-                Ok(RpcStream::remote_result(rx, self.clone(), id, window, slot, producer))
+                Ok(RpcStream::remote_result(
+                    rx,
+                    self.clone(),
+                    id,
+                    window,
+                    slot,
+                    producer,
+                    allowance,
+                ))
             }
             Kind::Error => {
                 abort_producer(&producer);
@@ -411,7 +432,9 @@ async fn produce_arguments<T: Serialize + Send + 'static>(
             Some(Err(e)) => {
                 // The caller's own stream failed: the call cannot complete meaningfully.
                 tracing::debug!(connection = conn.id, call = id, "argument stream failed: {e}");
-                conn.cancel_outbound(id);
+                let error =
+                    RpcError::new(e.kind(), format!("the argument stream failed: {}", e.message()));
+                conn.fail_outbound(id, &error);
                 return;
             }
             None => {
@@ -455,7 +478,9 @@ pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
                 let _ = tx.send(frame);
             }
             Sink::Stream(tx) => {
-                let _ = tx.send(frame);
+                if tx.send(frame).is_err() {
+                    conn.protocol_error(0, "a stream item beyond the granted credit");
+                }
             }
             Sink::Routed { caller, caller_id, _slot } => {
                 if let Some(caller) = caller.upgrade() {
@@ -468,7 +493,11 @@ pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
     }
     match table.get(&frame.id).map(|p| &p.sink) {
         Some(Sink::Stream(tx)) => {
-            let _ = tx.send(frame);
+            let overrun = tx.send(frame).is_err();
+            drop(table);
+            if overrun {
+                conn.protocol_error(0, "a stream item beyond the granted credit");
+            }
         }
         Some(Sink::Routed { caller, caller_id, .. }) => {
             let (caller, caller_id) = (caller.clone(), *caller_id);

@@ -176,6 +176,11 @@ pub(crate) fn on_chunk(conn: &Arc<ConnShared>, frame: Frame) {
 
 fn receive(conn: &Arc<ConnShared>, frame: Frame, local: bool) {
     let id = frame.id;
+    if local && !conn.outbound.lock().contains_key(&id) {
+        // The rest of an answer this side no longer waits for (cancelled, timed out): it
+        // must not start a reassembly that would never finish.
+        return;
+    }
     let piece = frame.body.len().saturating_sub(chunk::CHUNK_HEADER);
     let outcome: Result<Option<Frame>, ChunkError> = {
         let mut map = conn.reassembly.lock();

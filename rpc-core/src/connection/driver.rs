@@ -54,6 +54,7 @@ fn hello_bytes(connection_id: u64, limits: &crate::Limits) -> bytes::Bytes {
         connection_id,
         max_calls: limits.max_calls_in_flight.min(u32::MAX as usize) as u32,
         max_streams: limits.max_streams.min(u32::MAX as usize) as u32,
+        max_frame: limits.frame_limit() as u32,
     }
     .encode(&mut out);
     frame::finish_frame(&mut out, start);
@@ -210,7 +211,8 @@ async fn read_loop<R: TransportReader>(
     tokio::pin!(timer);
 
     // Frames that arrived with the handshake.
-    if !drain_frames(&shared, &mut decoder) {
+    decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));
+    if drain_frames(&shared, &mut decoder).is_none() {
         return;
     }
     loop {
@@ -229,13 +231,12 @@ async fn read_loop<R: TransportReader>(
                     shared.kernel.stats_received(n as u64);
                     last_read = Instant::now();
                     pings_unanswered = 0;
-                    if !drain_frames(&shared, &mut decoder) {
-                        break;
-                    }
-                    frame_started = match (decoder.in_frame(), frame_started) {
-                        (true, None) => Some(last_read),
-                        (true, started) => started,
+                    let Some(completed) = drain_frames(&shared, &mut decoder) else { break };
+                    // The frame deadline runs from the moment a frame's first bytes arrived.
+                    frame_started = match (decoder.in_frame(), completed > 0) {
                         (false, _) => None,
+                        (true, true) => Some(last_read),
+                        (true, false) => frame_started.or(Some(last_read)),
                     };
                 }
                 Err(e) => {
@@ -283,24 +284,27 @@ async fn read_loop<R: TransportReader>(
     }
 }
 
-/// Hands every whole buffered frame to the connection; false once the connection must close.
-fn drain_frames(shared: &Arc<ConnShared>, decoder: &mut FrameDecoder) -> bool {
+/// Hands every whole buffered frame to the connection; returns how many, or `None` once the
+/// connection must close.
+fn drain_frames(shared: &Arc<ConnShared>, decoder: &mut FrameDecoder) -> Option<usize> {
+    let mut completed = 0;
     loop {
         match decoder.next_frame() {
             Ok(Some(frame)) => {
+                completed += 1;
                 shared.handle_frame(frame);
                 if shared.is_closed() {
-                    return false;
+                    return None;
                 }
             }
-            Ok(None) => return true,
+            Ok(None) => return Some(completed),
             Err(e @ FrameError::TooLarge { .. }) => {
                 shared.close_with_goaway(GoAwayCode::TooLarge, &e.to_string());
-                return false;
+                return None;
             }
             Err(e) => {
                 shared.close_with_goaway(GoAwayCode::ProtocolError, &e.to_string());
-                return false;
+                return None;
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::ConnShared;
@@ -25,6 +25,7 @@ use crate::kernel::security::{ControllerAccess, Token};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::message::{self, CallHead, GoAwayCode, RouteSource};
+use crate::stream::StreamSender;
 
 /// A call the remote has running on this side.
 pub(crate) enum Inbound {
@@ -34,7 +35,7 @@ pub(crate) enum Inbound {
         /// Credit for the result stream, if the action streams.
         credit: Option<Arc<Semaphore>>,
         /// Where the caller's argument stream goes, if the action takes one.
-        args: Option<mpsc::UnboundedSender<Frame>>,
+        args: Option<StreamSender>,
     },
     /// A routed call whose policy check is still running; chunks that arrive meanwhile wait
     /// here (bounded by the sender's chunk window).
@@ -159,18 +160,27 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     // The argument bytes stay in the receive buffer they arrived in: no copy.
     let args_start = head.args.as_ptr() as usize - frame.body.as_ptr() as usize;
     let args = frame.body.slice(args_start..args_start + head.args.len());
-    let deadline =
-        head.timeout_ms.map(|ms| Duration::from_millis(ms).min(conn.limits.max_call_timeout));
+    // The caller's deadline bounds a unary handler (capped by the server, and applied even
+    // when the caller sent none). A stream's deadline is its subscription: once accepted it
+    // runs until it ends or is cancelled.
+    let deadline = (!resolved.action.kind.streams_out()).then(|| {
+        head.timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(conn.limits.max_call_timeout)
+            .min(conn.limits.max_call_timeout)
+    });
     let kind = resolved.action.kind;
     let (args_tx, args_rx) = match kind.streams_in() {
         true => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
+            let (tx, rx, allowance) = StreamSender::channel(conn.limits.stream_window.max(1));
+            (Some(tx), Some((rx, allowance)))
         }
         false => (None, None),
     };
     let credit = kind.streams_out().then(|| {
-        let window = if head.window == 0 { conn.limits.stream_window } else { head.window };
+        // A caller may ask for a larger window than ours, up to 16 times ours.
+        let ours = conn.limits.stream_window.max(1);
+        let window = if head.window == 0 { ours } else { head.window.min(ours.saturating_mul(16)) };
         Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS as u32) as usize))
     });
 
@@ -358,8 +368,11 @@ pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
     let mut table = conn.inbound.lock();
     match table.get_mut(&frame.id) {
         Some(Inbound::Local { args: args @ Some(_), .. }) => {
-            if let Some(tx) = args.as_ref() {
-                let _ = tx.send(frame.clone());
+            if let Some(tx) = args.as_ref()
+                && tx.send(frame.clone()).is_err()
+            {
+                drop(table);
+                return conn.protocol_error(frame.id, "an argument item beyond the granted credit");
             }
             if frame.kind == Kind::End {
                 *args = None;
@@ -409,6 +422,7 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
     }
     if codec::prescan(&frame.body, conn.limits.depth_limit()).is_err() || frame.body.len() > 8 << 10
     {
+        conn.send_error(id, &RpcError::unauthenticated("authentication failed"));
         return conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");
     }
     let conn = conn.clone();

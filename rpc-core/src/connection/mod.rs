@@ -103,10 +103,12 @@ impl ConnShared {
             id,
             role,
             info,
+            // Frames to the remote fit the smaller of the two frame limits; larger messages are
+            // chunked to fit it.
             outbox: Outbox::new(
                 limits.max_outbound_queue,
-                limits.frame_limit(),
-                limits.chunk_limit(),
+                limits.frame_limit().min(remote.max_frame.max(4096) as usize),
+                limits.chunk_limit().min((remote.max_frame.max(4096) as usize).saturating_sub(64)),
             ),
             frame_limit: AtomicUsize::new(limits.frame_limit()),
             limits,
@@ -150,6 +152,8 @@ impl ConnShared {
     pub(crate) fn alloc_id(&self) -> Result<u32, RpcError> {
         let id = self.next_id.fetch_add(2, Ordering::Relaxed);
         if id >= 1 << 31 {
+            // Saturate: the counter never wraps around to ids that were used.
+            self.next_id.store(1 << 31, Ordering::Relaxed);
             self.draining.store(true, Ordering::Relaxed);
             return Err(RpcError::disconnected(
                 "the connection's call ids are used up; the next call reconnects",
@@ -226,10 +230,23 @@ impl ConnShared {
 
     /// Sends an Error frame for call `id`.
     pub(crate) fn send_error(&self, id: u32, error: &RpcError) {
-        let _ = self.outbox.push(Kind::Error, id, None, |buf| {
+        let pushed = self.outbox.push(Kind::Error, id, None, |buf| {
             message::encode_error(buf, error);
             Ok(())
         });
+        if let Err(outbox::PushError::Oversize(_)) = pushed {
+            // An error too large for one frame (a huge declared error): the caller still gets
+            // an answer, never silence.
+            let hidden = crate::kernel::responder::hidden_failure(
+                &format!("an error of kind {} was too large to send", error.kind()),
+                "?",
+                "?",
+            );
+            let _ = self.outbox.push(Kind::Error, id, None, |buf| {
+                message::encode_error(buf, &hidden);
+                Ok(())
+            });
+        }
     }
 
     /// Ends call `id` of the remote with `error`, releasing its slot first so that the
@@ -350,6 +367,9 @@ impl ConnShared {
             Kind::Auth => inbound::authenticate(self, frame),
             Kind::PeerRegister | Kind::PeerUnregister if self.role == Role::Acceptor => {
                 crate::kernel::router::handle_registration(self, frame)
+            }
+            Kind::PeerRegister | Kind::PeerUnregister => {
+                self.protocol_error(frame.id, "peer registration goes to the routing server")
             }
             Kind::Hello => self.protocol_error(0, "Hello after the handshake"),
             Kind::Chunk => chunks::on_chunk(self, frame),

@@ -126,10 +126,30 @@ impl Outbox {
         route: Option<&[u8]>,
         body: &[u8],
     ) -> Result<(), PushError> {
-        self.push(kind, id, route, |buf| {
+        match self.push(kind, id, route, |buf| {
             buf.extend_from_slice(body);
             Ok(())
-        })
+        }) {
+            // Forwarded frames were already cut to size by their sender: a frame below the
+            // frame limit goes out as it is, whatever this side's chunk size.
+            Err(PushError::Oversize(frame))
+                if frame.len() - frame::LEN_PREFIX <= self.max_frame =>
+            {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return Err(PushError::Closed);
+                }
+                st.buf.extend_from_slice(&frame);
+                st.frames += 1;
+                let first = st.frames == 1;
+                drop(st);
+                if first {
+                    self.ready.notify_one();
+                }
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Waits for queued bytes and takes all of them; `None` once closed and drained.

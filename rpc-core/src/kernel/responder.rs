@@ -5,7 +5,7 @@
 //! that panics or is cancelled never reaches that call: the kernel answers for it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -51,7 +51,7 @@ pub struct Responder {
     pub(crate) ctx: Context,
     pub(crate) credit: Option<Arc<Semaphore>>,
     /// The caller's argument stream, until the handler takes it.
-    pub(crate) args: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
+    pub(crate) args: parking_lot::Mutex<Option<(mpsc::UnboundedReceiver<Frame>, Arc<AtomicU32>)>>,
 }
 
 impl Responder {
@@ -70,11 +70,11 @@ impl Responder {
     pub fn arg_stream<T: DeserializeOwned + Send + 'static>(
         &self,
     ) -> Result<RpcStream<T>, RpcError> {
-        let rx = self.args.lock().take().ok_or_else(|| {
+        let (rx, allowance) = self.args.lock().take().ok_or_else(|| {
             RpcError::bad_arguments("this action takes no argument stream (or it was taken)")
         })?;
         let window = self.conn.limits.stream_window.max(1);
-        Ok(RpcStream::remote_arguments(rx, self.conn.clone(), self.id, window))
+        Ok(RpcStream::remote_arguments(rx, self.conn.clone(), self.id, window, allowance))
     }
 
     /// Answers with a value.

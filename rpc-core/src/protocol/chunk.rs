@@ -9,8 +9,9 @@
 //! 4       ..    the next piece of the inner message
 //! ```
 //!
-//! The inner message is a frame without its length prefix and call id: `kind u8, flags u8,
-//! [route length u16 + route], body`. Chunks of one message arrive in order; the message is
+//! The inner message is a frame without its length prefix and call id: `kind u8, flags u8
+//! (0), body`. A routed message's route section rides on the first Chunk frame's own
+//! header instead, where a routing server reads (and rewrites) it. Chunks of one message arrive in order; the message is
 //! complete when `total` bytes have arrived, and is then handled as if it had arrived whole.
 //! The receiver grants the sender more room with ChunkCredit frames (body: a MessagePack
 //! unsigned integer counting bytes), so a large transfer never floods the connection.

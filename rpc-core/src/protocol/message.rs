@@ -65,7 +65,8 @@ fn write_opt_str(out: &mut BytesMut, s: Option<&str>) {
     }
 }
 
-/// Hello: `["rpc", min_version, max_version, connection_id, max_calls, max_streams]`.
+/// Hello: `["rpc", min_version, max_version, connection_id, max_calls, max_streams,
+/// max_frame]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     /// Lowest version the sender speaks.
@@ -79,19 +80,23 @@ pub struct Hello {
     pub max_calls: u32,
     /// Streaming calls the sender accepts open at once (counted apart from `max_calls`).
     pub max_streams: u32,
+    /// The largest frame the sender accepts (length prefix excluded); the receiver cuts its
+    /// messages into chunks that fit.
+    pub max_frame: u32,
 }
 
 impl Hello {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
         let mut w = out.writer();
-        let _ = enc::write_array_len(&mut w, 6);
+        let _ = enc::write_array_len(&mut w, 7);
         let _ = enc::write_str(&mut w, MAGIC);
         let _ = enc::write_uint(&mut w, self.min_version as u64);
         let _ = enc::write_uint(&mut w, self.max_version as u64);
         let _ = enc::write_uint(&mut w, self.connection_id);
         let _ = enc::write_uint(&mut w, self.max_calls as u64);
         let _ = enc::write_uint(&mut w, self.max_streams as u64);
+        let _ = enc::write_uint(&mut w, self.max_frame as u64);
     }
 
     /// Decodes the body.
@@ -108,7 +113,9 @@ impl Hello {
             if n >= 5 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 100 };
         let max_streams =
             if n >= 6 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 1024 };
-        Ok(Hello { min_version, max_version, connection_id, max_calls, max_streams })
+        let max_frame =
+            if n >= 7 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 1 << 20 };
+        Ok(Hello { min_version, max_version, connection_id, max_calls, max_streams, max_frame })
     }
 
     /// The highest version both sides speak.
@@ -404,18 +411,26 @@ mod tests {
     #[test]
     fn hello_negotiates_the_common_version() {
         let mut out = BytesMut::new();
-        Hello { min_version: 1, max_version: 7, connection_id: 9, max_calls: 5, max_streams: 6 }
-            .encode(&mut out);
+        Hello {
+            min_version: 1,
+            max_version: 7,
+            connection_id: 9,
+            max_calls: 5,
+            max_streams: 6,
+            max_frame: 7,
+        }
+        .encode(&mut out);
         let h = Hello::decode(&out).unwrap();
         assert_eq!(h.negotiate(), Some(1));
-        assert_eq!((h.connection_id, h.max_calls, h.max_streams), (9, 5, 6));
+        assert_eq!((h.connection_id, h.max_calls, h.max_streams, h.max_frame), (9, 5, 6, 7));
         assert_eq!(
             Hello {
                 min_version: 2,
                 max_version: 3,
                 connection_id: 0,
                 max_calls: 1,
-                max_streams: 1
+                max_streams: 1,
+                max_frame: 4096,
             }
             .negotiate(),
             None
