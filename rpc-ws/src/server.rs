@@ -154,6 +154,8 @@ where
     // Refuse with HTTP 503 before the upgrade when the kernel is full (no protocol byte
     // is exchanged; the client sees the status).
     let full = kernel.clone();
+    // The error type is tungstenite's (an HTTP response), not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let admit = move |_: &Request, response: Response| {
         if full.at_capacity() {
             let mut refusal = ErrorResponse::new(Some(
