@@ -289,3 +289,37 @@ async fn full_tls_server_closes_new_sockets_before_the_handshake() {
     fails_cleanly(&tls_client(addr, pki.client_config())).await;
     assert_eq!(who(&first).await.0, "tls");
 }
+
+/// Admits calls only from connections whose verified client certificate names `allowed`.
+struct RequireIdentity {
+    allowed: &'static str,
+}
+
+impl rpc_core::Middleware for RequireIdentity {
+    async fn call(&self, ctx: Context, next: rpc_core::Next) -> rpc_core::Replied {
+        let identity = ctx.connection().transport().peer_identity.clone();
+        if identity.as_deref() != Some(self.allowed) {
+            return next.reject(rpc_core::RpcError::access_denied(format!(
+                "certificate {identity:?} may not call this server"
+            )));
+        }
+        next.run().await
+    }
+}
+
+#[tokio::test]
+async fn certificate_identity_drives_an_access_rule() {
+    let pki = TestPki::shared();
+    let kernel = kernel();
+    kernel.add_middleware(RequireIdentity { allowed: "alice" });
+    let server =
+        RpcTcpServer::bind_tls("127.0.0.1:0", kernel, pki.server_config_mtls()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+
+    let alice = tls_client(addr, pki.client_config_with(&pki.client_identity("alice")));
+    assert_eq!(who(&alice).await.1.as_deref(), Some("alice"));
+    let bob = tls_client(addr, pki.client_config_with(&pki.client_identity("bob")));
+    let err = bob.controller::<ProbeClient>().who().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AccessDenied, "{err}");
+}
