@@ -1,8 +1,8 @@
 //! Transport-level scenarios, each run over every transport (in-memory, TCP, TLS, WS, WSS)
-//! by `transport_tests!`: calls and errors, large frames near the limit (which on WebSocket
-//! must fit tungstenite's message limit), many small frames (packed into messages), streams,
-//! calls back to the client, what handlers see of the transport, and what a disconnect does
-//! to calls and streams in flight and what a reconnect restores.
+//! by `transport_tests!`: calls and errors, large messages (frames near the limit and chunked
+//! ones, which on WebSocket must fit tungstenite's message limit), many small frames (packed
+//! into messages), streams, calls back to the client, what handlers see of the transport, and
+//! what a disconnect does to calls and streams in flight and what a reconnect restores.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -121,14 +121,17 @@ transport_tests! {
         h.shutdown().await;
     }
 
-    async fn frames_near_the_limit_pass_and_larger_ones_fail_alone(h: Harness) {
+    async fn large_messages_cross_the_transport_and_oversized_ones_fail_alone(h: Harness) {
         let client = h.client();
         let suite = client.controller::<SuiteClient>();
-        // Just under the 1 MiB frame limit (with the call's header and encoding).
-        let big = ByteBuf::from(vec![0xA5u8; (1 << 20) - 256]);
-        assert_eq!(suite.echo_bytes(big.clone()).await.unwrap(), big);
-        // Above it: that call fails, the connection stays.
-        let too_big = ByteBuf::from(vec![1u8; (1 << 20) + 16]);
+        // Near the 1 MiB frame limit, and 3 MiB (cut into chunks, each a frame within the
+        // limit: on WebSocket, each fits tungstenite's message limit of frame limit + 4).
+        for len in [(1 << 20) - 256, 3 << 20] {
+            let big = ByteBuf::from(vec![0xA5u8; len]);
+            assert_eq!(suite.echo_bytes(big.clone()).await.unwrap(), big);
+        }
+        // Above the reassembly limit (8 MiB + 64 KiB): that call fails, the connection stays.
+        let too_big = ByteBuf::from(vec![1u8; 9 << 20]);
         let err = suite.echo_bytes(too_big).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
         assert_eq!(suite.echo("still here".into()).await.unwrap(), "still here");
