@@ -1303,7 +1303,6 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a call denied by has_controller_access emits AccessDecided but no ActionStarted/ActionFinished(Err(AccessDenied)) (connection/inbound.rs run_call returns before emitting)"]
 async fn a_denied_call_finishes_with_access_denied_in_the_events() {
     over_every_transport(setup_open, |h| async move {
         let f = fixture();
@@ -1329,7 +1328,6 @@ async fn a_denied_call_finishes_with_access_denied_in_the_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a handler panic unwinds through the middleware chain, so middleware (an audit log) never sees the call's outcome (connection/inbound.rs run_call catches the panic outside Next::run)"]
 async fn middleware_sees_a_panicking_call_as_internal() {
     over_every_transport(setup_middleware, |h| async move {
         let f = fixture();
@@ -1350,7 +1348,6 @@ async fn middleware_sees_a_panicking_call_as_internal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a token over 8 KiB closes the connection without answering the Auth request, so the client sees `the remote closed the connection: authentication failed` instead of the usual message (connection/inbound.rs authenticate, size/prescan branch)"]
 async fn an_oversized_token_fails_like_any_other() {
     over_every_transport(setup_open, |h| async move {
         let f = fixture();
@@ -1369,7 +1366,6 @@ async fn an_oversized_token_fails_like_any_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: RpcError::internal(msg) returned by a handler reaches the client with its message, though its doc says the caller gets no detail (kernel/controller.rs `impl ActionError for RpcError` passes every RpcError through)"]
 async fn an_internal_rpc_error_from_a_handler_hides_its_detail() {
     over_every_transport(setup_open, |h| async move {
         let client = h.client();

@@ -171,6 +171,13 @@ impl RpcClient {
         PeerHandle { target: CallTarget::client(self.clone()).routed(route.freeze()) }
     }
 
+    /// The kernel that serves the calls made to this client (back-controllers and routed
+    /// peer calls): give it a [`Security`](crate::Security) policy or middleware like any
+    /// server's.
+    pub fn kernel(&self) -> &RpcKernel {
+        &self.inner.kernel
+    }
+
     /// Offers a controller the other side (or, routed, a peer) may call.
     pub fn register_controller<C: Controller>(&self, controller: C) -> &Self {
         self.inner.kernel.register(controller);

@@ -154,7 +154,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
                 action = head.action,
                 "{e}"
             );
-            return conn.send_error(id, &conn.kernel.present_error(e));
+            return conn.send_error(id, &e);
         }
     };
     // The argument bytes stay in the receive buffer they arrived in: no copy.
@@ -232,9 +232,44 @@ async fn run_call(
     let id = guard.id;
     let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
     let kernel = conn.kernel.clone();
+    // The policy decides first (reported as AccessDecided); a denied call still starts and
+    // finishes in the events, with its outcome.
+    let allowed = check_access(&conn, id, &responder).await;
+    kernel.emit(|| Event::ActionStarted {
+        connection: conn.id,
+        controller: controller_name,
+        action: action.name,
+        call_id: id,
+    });
+    let started = Instant::now();
+    let outcome = match allowed {
+        Ok(()) => dispatch(&conn, id, controller, index, args, responder, deadline).await,
+        Err(kind) => Err(kind),
+    };
+    if outcome.is_err() {
+        kernel.stats_call_failed();
+    }
+    kernel.emit(|| Event::ActionFinished {
+        connection: conn.id,
+        controller: controller_name,
+        action: action.name,
+        call_id: id,
+        elapsed: started.elapsed(),
+        outcome,
+    });
+    drop(guard);
+}
 
+/// Asks the policy whether the call may run; a denial is answered here.
+async fn check_access(
+    conn: &Arc<ConnShared>,
+    id: u32,
+    responder: &Responder,
+) -> Result<(), ErrorKind> {
+    let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
+    let kernel = &conn.kernel;
     if let Some(security) = kernel.security() {
-        let access = ControllerAccess::new(controller_name, action);
+        let access = ControllerAccess::new(controller_name, action, &responder.ctx.connection);
         let session = responder.ctx.session.clone();
         let allowed = security.has_controller_access(&session, &access).await;
         kernel.emit(|| Event::AccessDecided {
@@ -244,6 +279,7 @@ async fn run_call(
             allowed,
         });
         if !allowed {
+            kernel.stats_access_denied();
             tracing::debug!(
                 connection = conn.id,
                 controller = controller_name,
@@ -261,10 +297,27 @@ async fn run_call(
                     action.name
                 ))
             };
-            conn.answer_error(id, &kernel.present_error(error));
-            return;
+            let kind = error.kind();
+            conn.answer_error(id, &error);
+            return Err(kind);
         }
     }
+    Ok(())
+}
+
+/// Argument decoding, middleware and the handler under the caller's deadline;
+/// every way out answers the caller and says how.
+async fn dispatch(
+    conn: &Arc<ConnShared>,
+    id: u32,
+    controller: Arc<dyn crate::Controller>,
+    index: usize,
+    args: bytes::Bytes,
+    responder: Responder,
+    deadline: Option<Duration>,
+) -> Result<(), ErrorKind> {
+    let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
+    let kernel = &conn.kernel;
 
     let layered = kernel.middleware().map(|chain| (chain, responder.ctx.clone()));
     // Decoding the arguments runs user Deserialize impls: a panic there is caught too.
@@ -274,24 +327,20 @@ async fn run_call(
         Ok(Ok(future)) => future,
         Ok(Err(error)) => {
             tracing::debug!(connection = conn.id, controller = controller_name, action = action.name, %error, "call rejected");
-            conn.answer_error(id, &kernel.present_error(error));
-            return;
+            let kind = error.kind();
+            conn.answer_error(id, &error);
+            return Err(kind);
         }
-        Err(panic) => return report_panic(&conn, id, controller_name, action.name, panic),
+        Err(panic) => {
+            report_panic(conn, id, controller_name, action.name, panic);
+            return Err(ErrorKind::Internal);
+        }
     };
     drop(args);
     let future: ActionFuture = match layered {
         Some((chain, ctx)) => Box::pin(Next::new(chain, handler, ctx, conn.clone()).run()),
-        None => handler,
+        None => Box::pin(catch_panic(handler, conn.clone(), id, controller_name, action.name)),
     };
-
-    kernel.emit(|| Event::ActionStarted {
-        connection: conn.id,
-        controller: controller_name,
-        action: action.name,
-        call_id: id,
-    });
-    let started = Instant::now();
     let outcome = match deadline {
         Some(d) => match tokio::time::timeout(d, AssertUnwindSafe(future).catch_unwind()).await {
             Ok(outcome) => outcome,
@@ -309,25 +358,36 @@ async fn run_call(
         },
         None => AssertUnwindSafe(future).catch_unwind().await,
     };
-    let outcome = match outcome {
+    match outcome {
         Ok(replied) => replied.outcome(),
+        // A middleware layer itself panicked (handler panics are caught closer, see
+        // `catch_panic`).
         Err(panic) => {
-            report_panic(&conn, id, controller_name, action.name, panic);
+            report_panic(conn, id, controller_name, action.name, panic);
             Err(ErrorKind::Internal)
         }
-    };
-    kernel.emit(|| Event::ActionFinished {
-        connection: conn.id,
-        controller: controller_name,
-        action: action.name,
-        call_id: id,
-        elapsed: started.elapsed(),
-        outcome,
-    });
-    drop(guard);
+    }
 }
 
-fn report_panic(
+/// Runs a handler, turning its panic into an `Internal` answer and outcome, so that
+/// middleware around it sees the failure like any other.
+pub(crate) async fn catch_panic(
+    handler: ActionFuture,
+    conn: Arc<ConnShared>,
+    id: u32,
+    controller: &'static str,
+    action: &'static str,
+) -> Replied {
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(replied) => replied,
+        Err(panic) => {
+            report_panic(&conn, id, controller, action, panic);
+            Replied::failed(ErrorKind::Internal)
+        }
+    }
+}
+
+pub(crate) fn report_panic(
     conn: &Arc<ConnShared>,
     id: u32,
     controller: &str,
@@ -343,7 +403,7 @@ fn report_panic(
     tracing::error!(correlation_id = %correlation, connection = conn.id, controller, action, "handler panicked: {detail}");
     let error =
         RpcError::internal("the server failed to handle the call").with_correlation_id(correlation);
-    conn.answer_error(id, &conn.kernel.present_error(error));
+    conn.answer_error(id, &error);
 }
 
 /// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped. A
@@ -423,6 +483,8 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
     if codec::prescan(&frame.body, conn.limits.depth_limit()).is_err() || frame.body.len() > 8 << 10
     {
         conn.send_error(id, &RpcError::unauthenticated("authentication failed"));
+        conn.kernel.stats_auth_failed();
+        conn.kernel.emit(|| Event::AuthenticationFailed { connection: conn.id });
         return conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");
     }
     let conn = conn.clone();
@@ -430,7 +492,8 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
         let token = Token::from_raw(frame.body);
         let security = conn.kernel.security_or_default();
         let started = Instant::now();
-        let result = security.authenticate(&token).await;
+        let connection = crate::Connection { shared: conn.clone() };
+        let result = security.authenticate_connection(&token, &connection).await;
         match result {
             Ok(session) => {
                 let name = session.username().to_string();
@@ -439,6 +502,7 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
                 conn.frame_limit
                     .store(conn.limits.frame_limit(), std::sync::atomic::Ordering::Release);
                 conn.authenticated.store(true, std::sync::atomic::Ordering::Release);
+                conn.kernel.stats_authenticated();
                 conn.kernel
                     .emit(|| Event::Authenticated { connection: conn.id, username: name.clone() });
                 tracing::debug!(connection = conn.id, user = %name, elapsed = ?started.elapsed(), "authenticated");
@@ -448,6 +512,7 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
             }
             Err(e) => {
                 tracing::info!(connection = conn.id, reason = %e, "authentication failed");
+                conn.kernel.stats_auth_failed();
                 conn.kernel.emit(|| Event::AuthenticationFailed { connection: conn.id });
                 // The same message whatever the cause: no oracle for guessing tokens.
                 conn.send_error(id, &RpcError::unauthenticated("authentication failed"));

@@ -229,7 +229,11 @@ impl ConnShared {
     }
 
     /// Sends an Error frame for call `id`.
+    ///
+    /// Every error to the remote goes through here, so the policy's `transform_error`
+    /// applies to all of them.
     pub(crate) fn send_error(&self, id: u32, error: &RpcError) {
+        let error = &self.kernel.present_error(error.clone());
         let pushed = self.outbox.push(Kind::Error, id, None, |buf| {
             message::encode_error(buf, error);
             Ok(())

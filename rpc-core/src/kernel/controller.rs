@@ -114,8 +114,15 @@ impl<E: Entity + Serialize + std::fmt::Display + Send> ActionError for E {
 }
 
 impl ActionError for RpcError {
+    /// Framework errors travel as they are, except `Internal`: its message is for the log,
+    /// and the caller gets the generic error with a correlation id.
     fn into_rpc_error(self) -> Result<RpcError, String> {
-        Ok(self)
+        match self.kind() {
+            crate::ErrorKind::Internal if self.correlation_id().is_none() => {
+                Err(self.message().to_string())
+            }
+            _ => Ok(self),
+        }
     }
 }
 

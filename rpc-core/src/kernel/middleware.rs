@@ -92,14 +92,24 @@ impl Next {
                 let next = Next { index: self.index + 1, ..self };
                 layer.call_boxed(ctx, next).await
             }
-            None => self.handler.await,
+            None => {
+                let (controller, action) = (self.ctx.controller, self.ctx.action.name);
+                crate::connection::inbound::catch_panic(
+                    self.handler,
+                    self.conn,
+                    self.ctx.call_id,
+                    controller,
+                    action,
+                )
+                .await
+            }
         }
     }
 
     /// Answers the call with `error` without running the action (whose future is dropped).
     pub fn reject(self, error: RpcError) -> Replied {
         let kind = error.kind();
-        self.conn.answer_error(self.ctx.call_id, &self.conn.kernel.present_error(error));
+        self.conn.answer_error(self.ctx.call_id, &error);
         Replied::failed(kind)
     }
 }

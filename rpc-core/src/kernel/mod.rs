@@ -388,6 +388,22 @@ impl RpcKernel {
         self.inner.counters.active_calls.fetch_sub(1, Relaxed);
     }
 
+    pub(crate) fn stats_call_failed(&self) {
+        self.inner.counters.failed_calls.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stats_access_denied(&self) {
+        self.inner.counters.access_denied.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stats_authenticated(&self) {
+        self.inner.counters.authentications.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stats_auth_failed(&self) {
+        self.inner.counters.authentication_failures.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn stats_stream_opened(&self) {
         self.inner.counters.active_streams.fetch_add(1, Relaxed);
         self.inner.counters.total_streams.fetch_add(1, Relaxed);

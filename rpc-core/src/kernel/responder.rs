@@ -90,7 +90,7 @@ impl Responder {
                 if let Err(e) = conn.send_chunks(id, frame).await
                     && e.kind() != ErrorKind::Cancelled
                 {
-                    conn.send_error(id, &conn.kernel.present_error(e));
+                    conn.send_error(id, &e);
                 }
             });
             return Replied::ok();
@@ -99,7 +99,7 @@ impl Responder {
             let e = e.into_rpc_error(self.conn.limits.frame_limit());
             self.conn.on_push_error(&e);
             let kind = e.kind();
-            self.conn.send_error(self.id, &self.conn.kernel.present_error(e));
+            self.conn.send_error(self.id, &e);
             return Replied::failed(kind);
         }
         Replied::ok()
@@ -117,7 +117,7 @@ impl Responder {
     pub fn reply_error<E: ActionError>(self, error: E) -> Replied {
         let error = error_for_caller(error, &self.ctx);
         let kind = error.kind();
-        self.conn.answer_error(self.id, &self.conn.kernel.present_error(error));
+        self.conn.answer_error(self.id, &error);
         Replied::failed(kind)
     }
 
@@ -158,13 +158,13 @@ impl Responder {
                     };
                     if let Err(e) = pushed {
                         let kind = e.kind();
-                        self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
+                        self.conn.answer_error(self.id, &e);
                         return Replied::failed(kind);
                     }
                 }
                 Some(Err(e)) => {
                     let kind = e.kind();
-                    self.conn.answer_error(self.id, &self.conn.kernel.present_error(e));
+                    self.conn.answer_error(self.id, &e);
                     return Replied::failed(kind);
                 }
                 None => {

@@ -83,7 +83,7 @@ pub(crate) fn handle_registration(conn: &Arc<ConnShared>, frame: Frame) {
             tracing::info!(connection = conn.id, %alias, "peer registration denied");
             let e =
                 RpcError::access_denied(format!("this session may not register as peer `{alias}`"));
-            return conn.send_error(id, &conn.kernel.present_error(e));
+            return conn.send_error(id, &e);
         }
         let result = {
             let mut own = conn.peer_alias.lock();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use crate::connection::Connection;
 use crate::error::RpcError;
 use crate::kernel::controller::ActionInfo;
 use crate::protocol::codec;
@@ -138,11 +139,21 @@ impl Session {
 pub struct ControllerAccess<'a> {
     controller: &'a str,
     action: &'a ActionInfo,
+    connection: &'a Connection,
 }
 
 impl<'a> ControllerAccess<'a> {
-    pub(crate) fn new(controller: &'a str, action: &'a ActionInfo) -> Self {
-        ControllerAccess { controller, action }
+    pub(crate) fn new(
+        controller: &'a str,
+        action: &'a ActionInfo,
+        connection: &'a Connection,
+    ) -> Self {
+        ControllerAccess { controller, action, connection }
+    }
+
+    /// The connection the call arrived on (remote address, TLS client identity, id).
+    pub fn connection(&self) -> &'a Connection {
+        self.connection
     }
 
     /// The controller's wire name.
@@ -195,6 +206,18 @@ pub trait Security: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Session, RpcError>> + Send {
         let _ = token;
         async { Err(RpcError::unauthenticated("authentication failed")) }
+    }
+
+    /// As [`Security::authenticate`], with the connection the token arrived on (its remote
+    /// address and TLS client identity), for policies that bind a session to them. Default:
+    /// [`Security::authenticate`].
+    fn authenticate_connection(
+        &self,
+        token: &Token,
+        connection: &Connection,
+    ) -> impl Future<Output = Result<Session, RpcError>> + Send {
+        let _ = connection;
+        self.authenticate(token)
     }
 
     /// Whether `session` may call the action. Runs before the arguments are decoded. Default:
@@ -253,7 +276,11 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The object-safe form of [`Security`] the kernel stores.
 pub(crate) trait DynSecurity: Send + Sync + 'static {
-    fn authenticate<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<Session, RpcError>>;
+    fn authenticate_connection<'a>(
+        &'a self,
+        token: &'a Token,
+        connection: &'a Connection,
+    ) -> BoxFuture<'a, Result<Session, RpcError>>;
     fn has_controller_access<'a>(
         &'a self,
         session: &'a Session,
@@ -275,8 +302,12 @@ pub(crate) trait DynSecurity: Send + Sync + 'static {
 }
 
 impl<S: Security> DynSecurity for S {
-    fn authenticate<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<Session, RpcError>> {
-        Box::pin(Security::authenticate(self, token))
+    fn authenticate_connection<'a>(
+        &'a self,
+        token: &'a Token,
+        connection: &'a Connection,
+    ) -> BoxFuture<'a, Result<Session, RpcError>> {
+        Box::pin(Security::authenticate_connection(self, token, connection))
     }
     fn has_controller_access<'a>(
         &'a self,

@@ -33,6 +33,14 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Peer aliases registered now.
     pub peers: u64,
+    /// Calls that ended in an error (any kind, denials included).
+    pub failed_calls: u64,
+    /// Calls the security policy denied.
+    pub access_denied: u64,
+    /// Successful authentications (re-authentications included).
+    pub authentications: u64,
+    /// Rejected tokens.
+    pub authentication_failures: u64,
 }
 
 #[derive(Default)]
@@ -46,6 +54,10 @@ pub(crate) struct Counters {
     pub(crate) messages_out: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
+    pub(crate) failed_calls: AtomicU64,
+    pub(crate) access_denied: AtomicU64,
+    pub(crate) authentications: AtomicU64,
+    pub(crate) authentication_failures: AtomicU64,
 }
 
 impl Counters {
@@ -61,6 +73,10 @@ impl Counters {
             bytes_out: self.bytes_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             peers: 0,
+            failed_calls: self.failed_calls.load(Relaxed),
+            access_denied: self.access_denied.load(Relaxed),
+            authentications: self.authentications.load(Relaxed),
+            authentication_failures: self.authentication_failures.load(Relaxed),
         }
     }
 }
