@@ -388,6 +388,25 @@ pub trait Robust {
     async fn leaks(&self) -> Result<u32, std::io::Error>;
     #[action(group = "secret")]
     async fn secret(&self) -> u32;
+    /// Calls the client's `back.double(x)` (server→client call, default deadline).
+    async fn ask_back(&self, ctx: &rpc_core::Context, x: u32) -> Result<u32, RpcError>;
+    /// Who routed this call here, as the server stamped it.
+    async fn who(&self, ctx: &rpc_core::Context) -> (u64, Option<String>);
+}
+
+/// What a client serves to the server (and to peers).
+#[controller("back")]
+pub trait Back {
+    async fn double(&self, x: u32) -> u32;
+}
+
+/// The `back` controller.
+pub struct BackImpl;
+
+impl Back for BackImpl {
+    async fn double(&self, x: u32) -> u32 {
+        x * 2
+    }
 }
 
 /// The `robust` controller.
@@ -474,12 +493,27 @@ impl Robust for RobustImpl {
         let _r = Running::start(&self.0);
         42
     }
+
+    async fn ask_back(&self, ctx: &rpc_core::Context, x: u32) -> Result<u32, RpcError> {
+        let _r = Running::start(&self.0);
+        ctx.connection().controller::<BackClient>().double(x).await
+    }
+
+    async fn who(&self, ctx: &rpc_core::Context) -> (u64, Option<String>) {
+        let _r = Running::start(&self.0);
+        match ctx.peer_source() {
+            Some(s) => (s.connection_id, s.alias.clone()),
+            None => (0, None),
+        }
+    }
 }
 
 /// Tokens `"alice"`, `"admin"`; peers: `alice` may register aliases starting with `a`,
 /// anyone may call aliases starting with `a`; group `secret` only for `admin`.
 pub struct Tokens {
     pub anonymous: bool,
+    /// Answer forbidden actions as unknown ones.
+    pub hide: bool,
 }
 
 impl Security for Tokens {
@@ -510,6 +544,10 @@ impl Security for Tokens {
     fn allow_anonymous(&self) -> bool {
         self.anonymous
     }
+
+    fn hide_forbidden_actions(&self) -> bool {
+        self.hide
+    }
 }
 
 /// A kernel serving `robust` with `limits`; `anonymous = false` requires authentication.
@@ -517,7 +555,7 @@ pub fn server(limits: rpc_core::Limits, anonymous: bool) -> (RpcKernel, Arc<Coun
     let kernel = RpcKernel::with_limits(limits);
     let counters = Arc::new(Counters::default());
     kernel.register(RobustServer::new(RobustImpl(counters.clone())));
-    kernel.set_security(Tokens { anonymous });
+    kernel.set_security(Tokens { anonymous, hide: false });
     (kernel, counters)
 }
 
