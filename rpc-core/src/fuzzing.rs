@@ -1021,7 +1021,7 @@ fn pick_args(input: &mut Input<'_>, action: u8) -> Vec<u8> {
             3 => enc(&(input.u16() as u64 * 10,)),
             4 => enc(&(input.u8() as u32,)),
             7 => enc(&(input.u8() as u32,)),
-            _ => enc(&()),
+            _ => enc(&crate::NoArgs),
         },
     }
 }

@@ -18,7 +18,6 @@ pub use client::{
 pub use connection::Connection;
 pub use entity::{AnyEntity, DuplicateEntity, Entity, TypeRegistry};
 pub use error::{ErrorKind, RpcError};
-pub use kernel::RpcKernel;
 pub use kernel::context::Context;
 pub use kernel::controller::{
     ActionError, ActionFuture, ActionInfo, ActionKind, Controller, ControllerClient,
@@ -29,6 +28,7 @@ pub use kernel::middleware::{Middleware, Next, Trace};
 pub use kernel::responder::{Replied, Responder};
 pub use kernel::security::{ControllerAccess, Security, Session, Token};
 pub use kernel::stats::Stats;
+pub use kernel::{HandshakeGuard, RpcKernel};
 pub use limits::Limits;
 pub use protocol::codec::ArgsReader;
 pub use rpc_macros::{Entity, action, controller};

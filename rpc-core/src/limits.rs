@@ -190,7 +190,7 @@ setters! {
 
 impl Limits {
     /// The frame limit actually enforced (clamped to 4 KiB ..= 16 MiB).
-    pub(crate) fn frame_limit(&self) -> usize {
+    pub fn frame_limit(&self) -> usize {
         self.max_frame_size.clamp(4 << 10, 16 << 20)
     }
 

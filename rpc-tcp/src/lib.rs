@@ -156,10 +156,11 @@ async fn accept_tcp(
         let info = TransportInfo { remote_addr: Some(remote), kind: "tcp", peer_identity: None };
         return kernel.accept(ByteStream::new(read, write, info)).await;
     };
-    if kernel.at_capacity() {
+    // Counted from TCP accept: a slow TLS handshake holds one of Limits::max_handshakes.
+    let Some(counted) = kernel.begin_handshake() else {
         // Refusing before the TLS handshake costs nothing; the client sees the socket close.
         return Err(RpcError::busy("server full: closed before the TLS handshake"));
-    }
+    };
     let deadline = kernel.limits().handshake_timeout;
     let (tls_stream, peer_identity) = tokio::time::timeout(deadline, tls.accept(stream))
         .await
@@ -167,7 +168,7 @@ async fn accept_tcp(
         .map_err(|e| RpcError::disconnected(format!("TLS handshake failed: {e}")))?;
     let (read, write) = tokio::io::split(tls_stream);
     let info = TransportInfo { remote_addr: Some(remote), kind: "tls", peer_identity };
-    kernel.accept(ByteStream::new(read, write, info)).await
+    kernel.accept_counted(ByteStream::new(read, write, info), counted).await
 }
 
 fn handshake_timed_out(what: &str, deadline: Duration) -> RpcError {

@@ -125,19 +125,22 @@ async fn accept_ws(
 ) -> Result<Connection, RpcError> {
     let timeout = kernel.limits().handshake_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
+    // Counted from TCP accept, so slow TLS handshakes and upgrades hold one of
+    // Limits::max_handshakes; without room, a plain upgrade is answered 503.
+    let counted = kernel.begin_handshake();
     let Some(tls) = tls else {
         let info = TransportInfo { remote_addr: Some(remote), kind: "ws", peer_identity: None };
-        return upgrade(kernel, stream, info, deadline, timeout).await;
+        return upgrade(kernel, stream, info, deadline, timeout, counted).await;
     };
-    if kernel.at_capacity() {
+    let Some(counted) = counted else {
         return Err(RpcError::busy("server full: closed before the TLS handshake"));
-    }
+    };
     let (stream, peer_identity) = tokio::time::timeout_at(deadline, tls.accept(stream))
         .await
         .map_err(|_| timed_out("TLS", timeout))?
         .map_err(|e| RpcError::disconnected(format!("TLS handshake failed: {e}")))?;
     let info = TransportInfo { remote_addr: Some(remote), kind: "wss", peer_identity };
-    upgrade(kernel, stream, info, deadline, timeout).await
+    upgrade(kernel, stream, info, deadline, timeout, Some(counted)).await
 }
 
 async fn upgrade<S>(
@@ -146,6 +149,7 @@ async fn upgrade<S>(
     info: TransportInfo,
     deadline: tokio::time::Instant,
     timeout: Duration,
+    counted: Option<rpc_core::HandshakeGuard>,
 ) -> Result<Connection, RpcError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -153,11 +157,11 @@ where
     let config = websocket_config(&kernel.limits());
     // Refuse with HTTP 503 before the upgrade when the kernel is full (no protocol byte
     // is exchanged; the client sees the status).
-    let full = kernel.clone();
+    let full = counted.is_none();
     // The error type is tungstenite's (an HTTP response), not ours to shrink.
     #[allow(clippy::result_large_err)]
     let admit = move |_: &Request, response: Response| {
-        if full.at_capacity() {
+        if full {
             let mut refusal = ErrorResponse::new(Some(
                 "server full (Limits::max_connections or max_handshakes)".into(),
             ));
@@ -173,7 +177,10 @@ where
     .await
     .map_err(|_| timed_out("WebSocket upgrade", timeout))?
     .map_err(|e| RpcError::disconnected(format!("WebSocket upgrade failed: {e}")))?;
-    kernel.accept(WsTransport::new(ws, info)).await
+    match counted {
+        Some(counted) => kernel.accept_counted(WsTransport::new(ws, info), counted).await,
+        None => Err(RpcError::busy("server full")),
+    }
 }
 
 pub(crate) fn timed_out(what: &str, timeout: Duration) -> RpcError {

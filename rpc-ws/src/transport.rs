@@ -29,7 +29,7 @@ const PACK_LIMIT: usize = (4 << 10) + LEN_PREFIX;
 /// 4 KiB ..= 16 MiB as the kernel does), plus the length prefix: the largest binary message a
 /// peer with these limits ever needs to send.
 pub fn max_message_size(limits: &Limits) -> usize {
-    limits.max_frame_size.clamp(4 << 10, 16 << 20) + LEN_PREFIX
+    limits.frame_limit() + LEN_PREFIX
 }
 
 /// The tungstenite configuration used for every WebSocket of this crate, set deliberately

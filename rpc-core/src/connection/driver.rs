@@ -115,10 +115,19 @@ pub(crate) async fn accept<T: Transport>(
     transport: T,
     kernel: RpcKernel,
 ) -> Result<Connection, RpcError> {
+    accept_with(transport, kernel, None).await
+}
+
+/// As [`accept`], with the handshake already counted by the transport (or not).
+pub(crate) async fn accept_with<T: Transport>(
+    transport: T,
+    kernel: RpcKernel,
+    counted: Option<crate::kernel::HandshakeGuard>,
+) -> Result<Connection, RpcError> {
     let limits = kernel.limits();
     let info = transport.info();
     let (mut reader, mut writer) = transport.split();
-    let Some(_handshake) = kernel.begin_handshake() else {
+    let Some(_handshake) = counted.or_else(|| kernel.begin_handshake()) else {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = writer.write(goaway_bytes(GoAwayCode::ServerFull, "server full")).await;
             let _ = writer.close().await;
@@ -148,6 +157,24 @@ pub(crate) async fn accept<T: Transport>(
         shared.frame_limit.store(shared.limits.max_preauth_frame_size, Ordering::Release);
     }
     let connection = Connection { shared: shared.clone() };
+    if let Some(security) = kernel.security() {
+        match security.session_for_connection(&connection).await {
+            Ok(None) => {}
+            Ok(Some(session)) => {
+                *shared.session.write() = std::sync::Arc::new(session);
+                shared.frame_limit.store(shared.limits.frame_limit(), Ordering::Release);
+                shared.authenticated.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::info!(connection = id, reason = %e, "connection refused by the policy");
+                let _ = writer
+                    .write(goaway_bytes(GoAwayCode::Unauthenticated, "authentication failed"))
+                    .await;
+                let _ = writer.close().await;
+                return Err(RpcError::unauthenticated("authentication failed"));
+            }
+        }
+    }
     kernel.connection_opened(&connection);
     start_loops(&shared, reader, writer, decoder);
     Ok(connection)

@@ -69,8 +69,10 @@ struct KernelInner {
     middleware: RwLock<middleware::Chain>,
 }
 
-/// A handshake in progress, counted toward [`Limits::max_handshakes`].
-pub(crate) struct HandshakeGuard(RpcKernel);
+/// A handshake in progress, counted toward [`Limits::max_handshakes`] until dropped or
+/// handed to [`RpcKernel::accept_counted`]. Transports with handshakes of their own (TLS,
+/// WebSocket upgrades) take one at TCP accept, so slow handshakes count from the start.
+pub struct HandshakeGuard(RpcKernel);
 
 impl Drop for HandshakeGuard {
     fn drop(&mut self) {
@@ -310,6 +312,16 @@ impl RpcKernel {
         crate::connection::driver::accept(transport, self.clone()).await
     }
 
+    /// As [`RpcKernel::accept`], for a transport whose own handshake was already counted
+    /// with [`RpcKernel::begin_handshake`].
+    pub async fn accept_counted<T: Transport>(
+        &self,
+        transport: T,
+        handshake: HandshakeGuard,
+    ) -> Result<Connection, RpcError> {
+        crate::connection::driver::accept_with(transport, self.clone(), Some(handshake)).await
+    }
+
     /// Opens a connection over `transport` as the dialing side; this kernel serves the calls
     /// the remote makes back.
     pub async fn dial<T: Transport>(&self, transport: T) -> Result<Connection, RpcError> {
@@ -325,8 +337,9 @@ impl RpcKernel {
             || self.inner.handshakes.load(Relaxed) as usize >= limits.max_handshakes
     }
 
-    /// Counts a handshake in progress until the guard drops; `None` if at capacity.
-    pub(crate) fn begin_handshake(&self) -> Option<HandshakeGuard> {
+    /// Counts a handshake in progress until the guard drops; `None` if at capacity (refuse
+    /// the connection).
+    pub fn begin_handshake(&self) -> Option<HandshakeGuard> {
         if self.at_capacity() {
             return None;
         }

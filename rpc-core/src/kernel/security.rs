@@ -220,6 +220,18 @@ pub trait Security: Send + Sync + 'static {
         self.authenticate(token)
     }
 
+    /// A session for a connection from its transport alone (for example its verified mTLS
+    /// client identity, `connection.transport().peer_identity`), before any token. Runs
+    /// once per accepted connection; `Some` makes the connection authenticated with that
+    /// session, `Err` refuses the connection. Default: `None` (anonymous until a token).
+    fn session_for_connection(
+        &self,
+        connection: &Connection,
+    ) -> impl Future<Output = Result<Option<Session>, RpcError>> + Send {
+        let _ = connection;
+        async { Ok(None) }
+    }
+
     /// Whether `session` may call the action. Runs before the arguments are decoded. Default:
     /// every action is allowed.
     fn has_controller_access(
@@ -276,6 +288,10 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The object-safe form of [`Security`] the kernel stores.
 pub(crate) trait DynSecurity: Send + Sync + 'static {
+    fn session_for_connection<'a>(
+        &'a self,
+        connection: &'a Connection,
+    ) -> BoxFuture<'a, Result<Option<Session>, RpcError>>;
     fn authenticate_connection<'a>(
         &'a self,
         token: &'a Token,
@@ -302,6 +318,12 @@ pub(crate) trait DynSecurity: Send + Sync + 'static {
 }
 
 impl<S: Security> DynSecurity for S {
+    fn session_for_connection<'a>(
+        &'a self,
+        connection: &'a Connection,
+    ) -> BoxFuture<'a, Result<Option<Session>, RpcError>> {
+        Box::pin(Security::session_for_connection(self, connection))
+    }
     fn authenticate_connection<'a>(
         &'a self,
         token: &'a Token,
