@@ -192,7 +192,7 @@ mod seeds {
             call(5, "add", &(1u64, 2u64)),
             call(7, "count", &(5u32,)),
             credit(7, 8),
-            call(9, "sum", &()),
+            call(9, "sum", &rpc_core::NoArgs),
             item(9, 4),
             item(9, 5),
             frame_bytes(Kind::End, 9, None, &[]),
@@ -200,8 +200,8 @@ mod seeds {
             frame_bytes(Kind::Cancel, 11, None, &[]),
             frame_bytes(Kind::Ping, 77, None, &[]),
             call(13, "any", &(vec![vec![1u8]],)),
-            call(15, "fail", &()),
-            call(17, "secret", &()),
+            call(15, "fail", &rpc_core::NoArgs),
+            call(17, "secret", &rpc_core::NoArgs),
             call(19, "callback", &(3u32,)),
         ]);
         let mut out = Vec::new();
