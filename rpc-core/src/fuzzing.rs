@@ -1060,7 +1060,7 @@ pub fn decode_ops(input: &mut Input<'_>) -> Vec<Op> {
             }
             9 => {
                 let id = pick_id(input);
-                if input.u8() % 3 == 0 {
+                if input.u8().is_multiple_of(3) {
                     Op::Frame { kind: Kind::PeerUnregister, id, body: enc(&()) }
                 } else {
                     let mut body = BytesMut::new();
@@ -1091,7 +1091,7 @@ pub fn decode_ops(input: &mut Input<'_>) -> Vec<Op> {
             }
             13 => Op::Raw(input.short_bytes().to_vec()),
             14 => Op::Wait(input.u16() as u64 * 10),
-            _ => Op::Stall(input.u8() % 2 == 0),
+            _ => Op::Stall(input.u8().is_multiple_of(2)),
         };
         ops.push(op);
     }
@@ -1207,7 +1207,11 @@ pub async fn connection_ops(data: &[u8]) {
         for f in new {
             match f.kind {
                 Kind::Call => {
-                    assert!(f.id % 2 == 0 && f.id != 0, "server call id {} not even", f.id);
+                    assert!(
+                        f.id.is_multiple_of(2) && f.id != 0,
+                        "server call id {} not even",
+                        f.id
+                    );
                     assert!(!server_calls.contains(&f.id), "server reused call id {}", f.id);
                     server_calls.push(f.id);
                 }
