@@ -5,6 +5,8 @@ pub mod client;
 pub mod connection;
 pub mod entity;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kernel;
 pub mod limits;
 pub mod protocol;

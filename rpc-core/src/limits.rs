@@ -80,6 +80,17 @@ pub struct Limits {
     /// Default 1 MiB: a large transfer never floods the connection, and small calls
     /// interleave with it.
     pub chunk_window: usize,
+    /// Calls a server may have outstanding to one client (back-controllers) at once.
+    /// Default 64; one more fails at once with `Busy` rather than queue on the server.
+    pub max_calls_to_client: usize,
+    /// Argument bytes held by the calls running on one connection. Default 16 MiB; a call
+    /// that would pass it is answered `Busy` (decoded values can be ~40x their wire size).
+    pub max_inflight_bytes: usize,
+    /// Argument bytes held by the calls running in the whole kernel. Default 512 MiB.
+    pub max_kernel_inflight_bytes: usize,
+    /// Cancels a connection may send per minute before it is closed (GoAway
+    /// `TooManyErrors`): the HTTP/2 rapid-reset defence. Default 1024.
+    pub max_cancels: u32,
     /// Connections a kernel serves at once. Default 10 000; one more is refused at once with
     /// GoAway `ServerFull` (WebSocket: HTTP 503 before the upgrade).
     pub max_connections: usize,
@@ -116,6 +127,10 @@ impl Default for Limits {
             chunk_size: 256 << 10,
             chunk_window: 1 << 20,
             max_reassemblies: 4,
+            max_calls_to_client: 64,
+            max_inflight_bytes: 16 << 20,
+            max_kernel_inflight_bytes: 512 << 20,
+            max_cancels: 1024,
             max_connections: 10_000,
             max_handshakes: 256,
         }
@@ -182,6 +197,14 @@ setters! {
     chunk_window: usize,
     /// Sets [`Limits::max_reassemblies`].
     max_reassemblies: usize,
+    /// Sets [`Limits::max_calls_to_client`].
+    max_calls_to_client: usize,
+    /// Sets [`Limits::max_inflight_bytes`].
+    max_inflight_bytes: usize,
+    /// Sets [`Limits::max_kernel_inflight_bytes`].
+    max_kernel_inflight_bytes: usize,
+    /// Sets [`Limits::max_cancels`].
+    max_cancels: u32,
     /// Sets [`Limits::max_connections`].
     max_connections: usize,
     /// Sets [`Limits::max_handshakes`].

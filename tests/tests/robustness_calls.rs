@@ -98,8 +98,7 @@ async fn c3_rapid_reset_stays_bounded() {
 
 /// C3: more than 1024 cancels of unanswered calls close the connection.
 #[tokio::test(start_paused = true)]
-#[ignore = "GAP: no cancel budget (ROBUSTNESS.md §1.2: > 1024 cancels of unanswered calls → \
-            close); inbound::cancel counts nothing"]
+
 async fn c3_rapid_reset_closes_after_1024_cancels() {
     let (kernel, _) = server(limits(), true);
     let mut peer = RawPeer::connect(&kernel).await;
@@ -326,8 +325,6 @@ async fn s6_third_concurrent_chunked_upload_is_busy() {
 /// S7: a chunked upload that stops after 3 chunks is dropped after 30 s idle; its caller
 /// gets an error and the reassembly slot is free again.
 #[tokio::test(start_paused = true)]
-#[ignore = "GAP: no idle timeout on reassemblies (connection/chunks.rs keeps Incoming entries \
-            until the message completes or the connection closes); see the report"]
 async fn s7_abandoned_upload_is_dropped_after_30s() {
     let (kernel, _) = server(limits().max_reassemblies(1), true);
     let mut peer = RawPeer::connect_with(&kernel, 8 << 20).await;
@@ -353,7 +350,8 @@ async fn s7_abandoned_upload_is_dropped_after_30s() {
     }
     loop {
         let f = peer.recv_answer().await.unwrap();
-        if f.id == 3 {
+        // ChunkCredit frames for the upload come first; the answer follows.
+        if f.id == 3 && f.kind != Kind::ChunkCredit {
             assert_eq!(f.kind, Kind::Reply);
             break;
         }
@@ -381,7 +379,6 @@ async fn s8_first_chunk_declaring_4gib_is_refused() {
 /// credit that never comes — so a client can make the server hold `max_message_size` per
 /// call, outside every budget.)
 #[tokio::test(start_paused = true)]
-#[ignore = "GAP: Responder::reply_value spawns ConnShared::send_chunks, which waits for chunk             credit with no deadline and outside the call budget; see the report"]
 async fn s9_chunk_sender_without_credit_times_out() {
     let (kernel, _) = server(limits().chunk_size(4 << 10).chunk_window(4 << 10), true);
     let mut peer = RawPeer::connect_with(&kernel, 8 << 20).await;

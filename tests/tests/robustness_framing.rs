@@ -287,14 +287,31 @@ async fn f11_connection_cap_refuses_with_server_full() {
     assert_eq!(kernel.stats().connections, 50);
 }
 
-/// F12: ids near 2^31 need a hook to start the server's id counter there; there is none.
-/// What is checkable without it: a client's ids are never reused by the server's answers.
-#[tokio::test(start_paused = true)]
-#[ignore = "GAP: no test hook to start a connection's call-id counter near 2^31 \
-            (ConnShared::next_id); see the report"]
-async fn f12_id_space_exhaustion_goes_away_gracefully() {
-    // With a hook (e.g. `#[doc(hidden)] Connection::set_next_call_id(u32)`), the server's
-    // calls back to the client would be driven past 2^31 here, expecting: calls in flight
-    // finish, then GoAway `IdsExhausted`, never a reused id.
-    unimplemented!("needs a test hook");
+/// F12: near the end of the id space (2^31) a connection stops taking new calls: the calls
+/// in flight on it finish, new calls go to a fresh connection, and no id is ever reused or
+/// pushed past 2^31.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f12_id_space_exhaustion_moves_to_a_fresh_connection() {
+    let (kernel, _) = server(limits(), true);
+    let client = rpc_core::RpcDirectClient::new(&kernel);
+    let robust = client.controller::<RobustClient>();
+    assert_eq!(robust.add(1, 1).await.unwrap(), 2);
+    let first = client.connection().await.unwrap();
+    // Far into the id space: the next id is past the drain mark, below 2^31.
+    first.set_next_call_id((1 << 31) - 101);
+    let slow = tokio::spawn({
+        let robust = robust.clone();
+        async move { robust.add(2, 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // New calls go to a second connection; the first one's call still completes.
+    for i in 0..20u64 {
+        assert_eq!(robust.add(i, 1).await.unwrap(), i + 1);
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), 4);
+    let second = client.connection().await.unwrap();
+    assert_ne!(first.id(), second.id());
+    assert_eq!(kernel.stats().total_connections, 2);
+    // The drained connection is retired once its calls are done.
+    assert!(tests::eventually(Duration::from_secs(2), || first.is_closed()).await);
 }

@@ -38,6 +38,18 @@ pub trait Connector: Send + Sync + 'static {
     fn connect(&self, kernel: RpcKernel) -> BoxFuture<'static, Result<Connection, RpcError>>;
 }
 
+/// Closes a draining connection once no call of this side is outstanding on it (bounded by
+/// the call timeout).
+fn retire(conn: Connection) {
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + conn.shared.limits.call_timeout;
+        while !conn.shared.outbound.lock().is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        conn.close();
+    });
+}
+
 /// Another client, reached through the server's peer routing.
 #[derive(Clone, Debug)]
 pub struct PeerHandle {
@@ -249,6 +261,11 @@ impl RpcClient {
             };
         }
         if let Some(old) = existing {
+            if !old.is_closed() {
+                // Draining (GoAway ShuttingDown, or its ids nearly used up): let its calls
+                // finish, then close it, while new calls use a fresh connection.
+                retire(old.clone());
+            }
             self.lost(&old, old.shared.disconnect_error());
         }
         let conn = self.inner.connector.connect(self.inner.kernel.clone()).await.map_err(|e| {

@@ -171,6 +171,16 @@ impl ConnShared {
         spec: &CallSpec<'_, A>,
         slots: &Arc<Semaphore>,
     ) -> Result<OwnedSemaphorePermit, RpcError> {
+        if self.role == super::Role::Acceptor {
+            // A server never queues calls to a client: past the budget, the caller hears
+            // Busy at once instead of the server buffering.
+            return slots.clone().try_acquire_owned().map_err(|e| match e {
+                tokio::sync::TryAcquireError::Closed => self.disconnect_error(),
+                tokio::sync::TryAcquireError::NoPermits => RpcError::busy(
+                    "as many calls to this client are outstanding as allowed (Limits::max_calls_to_client)",
+                ),
+            });
+        }
         match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_)) => Err(self.disconnect_error()),

@@ -17,12 +17,55 @@ use crate::protocol::chunk::{self, ChunkError, Reassembly};
 use crate::protocol::frame::{Frame, Kind, parse_frame};
 use crate::protocol::message;
 
-/// A message being received in chunks.
-pub(crate) enum Incoming {
+/// A message being received in chunks, and when its last chunk arrived.
+pub(crate) struct Incoming {
+    state: IncomingState,
+    last: tokio::time::Instant,
+}
+
+enum IncomingState {
     /// Being reassembled; the route came on the first chunk.
     Assembling { reassembly: Reassembly, route: Option<Bytes> },
     /// Refused (too large, too many at once): the rest of its chunks are dropped.
     Discarding { total: usize, received: usize },
+}
+
+impl Incoming {
+    fn new(state: IncomingState) -> Incoming {
+        Incoming { state, last: tokio::time::Instant::now() }
+    }
+
+    fn touch(&mut self) -> &mut IncomingState {
+        self.last = tokio::time::Instant::now();
+        &mut self.state
+    }
+}
+
+/// Drops reassemblies whose sender went quiet for `idle` (the memory is freed, the call is
+/// answered `Timeout`); the read loop calls this from its timer.
+pub(crate) fn sweep_idle(conn: &Arc<ConnShared>, idle: std::time::Duration) {
+    let now = tokio::time::Instant::now();
+    let stale: Vec<u32> = {
+        let mut map = conn.reassembly.lock();
+        let stale: Vec<u32> =
+            map.iter().filter(|(_, m)| now >= m.last + idle).map(|(id, _)| *id).collect();
+        for id in &stale {
+            map.remove(id);
+        }
+        stale
+    };
+    for id in stale {
+        tracing::debug!(connection = conn.id, call = id, "chunked message abandoned");
+        let error = RpcError::new(
+            ErrorKind::Timeout,
+            format!("a chunked message stalled for {idle:?} (Limits::frame_timeout)"),
+        );
+        if conn.is_local_id(id) {
+            conn.fail_outbound(id, &error);
+        } else {
+            conn.answer_error(id, &error);
+        }
+    }
 }
 
 /// Removes a sender's credit entry however the sending ends.
@@ -100,10 +143,20 @@ impl ConnShared {
         let progress = Progress::current();
         let mut sent = 0;
         for (index, (header, piece)) in chunk::chunk_bodies(&inner, chunk_size).enumerate() {
-            match window.acquire_many(piece.len() as u32).await {
-                Ok(permit) => permit.forget(),
-                Err(_) => {
+            // A receiver that stops granting credit must not hold this transfer forever.
+            let credit = self.limits.frame_timeout;
+            match tokio::time::timeout(credit, window.acquire_many(piece.len() as u32)).await {
+                Ok(Ok(permit)) => permit.forget(),
+                Ok(Err(_)) => {
                     return Err(RpcError::new(ErrorKind::Cancelled, "the transfer was cancelled"));
+                }
+                Err(_) => {
+                    return Err(RpcError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the receiver granted no chunk credit for {credit:?} (Limits::frame_timeout)"
+                        ),
+                    ));
                 }
             }
             // The route rides on the first chunk only, where a routing server reads it.
@@ -186,8 +239,8 @@ fn receive(conn: &Arc<ConnShared>, frame: Frame, local: bool) {
         let mut map = conn.reassembly.lock();
         let active = map.len();
         match map.entry(id) {
-            Entry::Occupied(mut entry) => match entry.get_mut() {
-                Incoming::Assembling { reassembly, route } => {
+            Entry::Occupied(mut entry) => match entry.get_mut().touch() {
+                IncomingState::Assembling { reassembly, route } => {
                     match reassembly.push(id, &frame.body) {
                         Ok(Some(mut whole)) => {
                             whole.route = route.take();
@@ -201,7 +254,7 @@ fn receive(conn: &Arc<ConnShared>, frame: Frame, local: bool) {
                         }
                     }
                 }
-                Incoming::Discarding { total, received } => {
+                IncomingState::Discarding { total, received } => {
                     *received += piece;
                     if *received >= *total {
                         entry.remove();
@@ -223,17 +276,20 @@ fn receive(conn: &Arc<ConnShared>, frame: Frame, local: bool) {
                             Ok(Some(whole))
                         }
                         Ok(None) => {
-                            slot.insert(Incoming::Assembling {
+                            slot.insert(Incoming::new(IncomingState::Assembling {
                                 reassembly,
                                 route: frame.route.clone(),
-                            });
+                            }));
                             Ok(None)
                         }
                         Err(e) => Err(e),
                     },
                     Err(e) => {
                         if piece < total {
-                            slot.insert(Incoming::Discarding { total, received: piece });
+                            slot.insert(Incoming::new(IncomingState::Discarding {
+                                total,
+                                received: piece,
+                            }));
                         }
                         Err(e)
                     }
@@ -288,7 +344,7 @@ fn report_download(conn: &Arc<ConnShared>, id: u32) {
         _ => return,
     };
     let (done, total) = match conn.reassembly.lock().get(&id) {
-        Some(Incoming::Assembling { reassembly, .. }) => {
+        Some(Incoming { state: IncomingState::Assembling { reassembly, .. }, .. }) => {
             (reassembly.received(), reassembly.total())
         }
         _ => return progress.report_download(1, 1),

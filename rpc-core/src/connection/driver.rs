@@ -273,6 +273,7 @@ async fn read_loop<R: TransportReader>(
             },
             _ = &mut timer => {
                 let now = Instant::now();
+                super::chunks::sweep_idle(&shared, limits.frame_timeout);
                 if !shared.authenticated.load(Ordering::Acquire) && now >= auth_deadline {
                     shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication timeout (Limits::auth_timeout)");
                     break;
@@ -319,7 +320,22 @@ fn drain_frames(shared: &Arc<ConnShared>, decoder: &mut FrameDecoder) -> Option<
         match decoder.next_frame() {
             Ok(Some(frame)) => {
                 completed += 1;
-                shared.handle_frame(frame);
+                // Defence in depth: a bug reachable from input must end this connection
+                // cleanly, never leave it half alive with a dead read loop.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.handle_frame(frame)
+                }));
+                if handled.is_err() {
+                    tracing::error!(
+                        connection = shared.id,
+                        "a frame made the connection panic; closing it"
+                    );
+                    shared.close_with_goaway(
+                        GoAwayCode::ProtocolError,
+                        "internal error handling a frame",
+                    );
+                    return None;
+                }
                 if shared.is_closed() {
                     return None;
                 }

@@ -70,12 +70,42 @@ impl Inbound {
 struct SlotGuard {
     conn: Arc<ConnShared>,
     id: u32,
+    /// Argument bytes counted toward the in-flight budgets.
+    bytes: usize,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.conn.inbound.lock().remove(&self.id);
+        self.conn.release_bytes(self.bytes);
         self.conn.kernel.stats_call_ended();
+    }
+}
+
+impl ConnShared {
+    /// Counts a call's argument bytes toward the connection's and the kernel's in-flight
+    /// budgets, or says which one is full.
+    fn reserve_bytes(&self, bytes: usize) -> Result<(), RpcError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let held = self.inflight_bytes.fetch_add(bytes, AcqRel);
+        if held + bytes > self.limits.max_inflight_bytes {
+            self.inflight_bytes.fetch_sub(bytes, AcqRel);
+            return Err(RpcError::busy(format!(
+                "the calls running on this connection hold {held} bytes of arguments (Limits::max_inflight_bytes); retry later"
+            )));
+        }
+        if !self.kernel.reserve_inflight(bytes) {
+            self.inflight_bytes.fetch_sub(bytes, AcqRel);
+            return Err(RpcError::busy(
+                "the server holds as many argument bytes as it allows (Limits::max_kernel_inflight_bytes); retry later",
+            ));
+        }
+        Ok(())
+    }
+
+    fn release_bytes(&self, bytes: usize) {
+        self.inflight_bytes.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+        self.kernel.release_inflight(bytes);
     }
 }
 
@@ -141,6 +171,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     let head = match CallHead::decode(&frame.body, conn.limits.depth_limit()) {
         Ok(head) => head,
         Err(e) => {
+            conn.strike();
             return conn
                 .send_error(id, &RpcError::bad_arguments(format!("the call did not decode: {e}")));
         }
@@ -185,8 +216,13 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     });
 
     let Some(mut table) = reserve_slot(conn, id, kind.streams_out()) else { return };
+    let bytes = args.len();
+    if let Err(e) = conn.reserve_bytes(bytes) {
+        drop(table);
+        return conn.send_error(id, &e);
+    }
     conn.kernel.stats_call_started();
-    let guard = SlotGuard { conn: conn.clone(), id };
+    let guard = SlotGuard { conn: conn.clone(), id, bytes };
     let ctx = Context {
         connection: crate::Connection { shared: conn.clone() },
         session: conn.session.read().clone(),
@@ -409,6 +445,11 @@ pub(crate) fn report_panic(
 /// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped. A
 /// routed call is cancelled at its callee.
 pub(crate) fn cancel(conn: &Arc<ConnShared>, id: u32) {
+    // Rapid reset: start-and-cancel churns handlers (a cancel never frees a slot early, but
+    // it still costs work); past the budget per minute, close.
+    if conn.count_cancel() > conn.limits.max_cancels {
+        return conn.close_with_goaway(GoAwayCode::TooManyErrors, "too many cancelled calls");
+    }
     conn.stop_chunks(id);
     let mut table = conn.inbound.lock();
     match table.get(&id) {
@@ -487,6 +528,9 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
         conn.kernel.emit(|| Event::AuthenticationFailed { connection: conn.id });
         return conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");
     }
+    if conn.auth_running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return conn.protocol_error(id, "Auth while another Auth is being checked");
+    }
     let conn = conn.clone();
     tokio::spawn(async move {
         let token = Token::from_raw(frame.body);
@@ -519,5 +563,6 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
                 conn.close_with_goaway(GoAwayCode::Unauthenticated, "authentication failed");
             }
         }
+        conn.auth_running.store(false, std::sync::atomic::Ordering::Release);
     });
 }

@@ -37,6 +37,10 @@ use calls::Pending;
 use inbound::Inbound;
 use outbox::Outbox;
 
+/// Past this id, a connection stops taking new calls (they go to a fresh connection), long
+/// before ids could run out at 2^31.
+const DRAIN_IDS_AT: u32 = (1 << 31) - (1 << 20);
+
 /// Which end of the connection this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -81,6 +85,12 @@ pub(crate) struct ConnShared {
     pub(crate) authenticated: AtomicBool,
     /// Frames sent before authenticating that were not allowed then.
     preauth_strikes: AtomicU32,
+    /// An Auth request is being checked (one at a time).
+    pub(crate) auth_running: AtomicBool,
+    /// Cancels received in the current minute (`Limits::max_cancels`).
+    cancels: Mutex<(Instant, u32)>,
+    /// Argument bytes held by running calls (`Limits::max_inflight_bytes`).
+    pub(crate) inflight_bytes: AtomicUsize,
     /// The peer alias this connection registered (on the routing server).
     pub(crate) peer_alias: Mutex<Option<String>>,
     /// Credit windows of the chunked messages this side is sending, by call id.
@@ -99,6 +109,7 @@ impl ConnShared {
         remote: &crate::protocol::message::Hello,
     ) -> Arc<ConnShared> {
         let (closed_tx, _) = watch::channel(false);
+        let max_calls_to_client = limits.max_calls_to_client.max(1);
         Arc::new(ConnShared {
             id,
             role,
@@ -126,12 +137,22 @@ impl ConnShared {
             errors: Mutex::new((Instant::now(), 0)),
             auth_generation: AtomicU32::new(0),
             peer_alias: Mutex::new(None),
+            auth_running: AtomicBool::new(false),
+            cancels: Mutex::new((Instant::now(), 0)),
+            inflight_bytes: AtomicUsize::new(0),
             chunk_senders: Mutex::new(HashMap::new()),
             reassembly: Mutex::new(HashMap::new()),
             authenticated: AtomicBool::new(true),
             preauth_strikes: AtomicU32::new(0),
+            // A server calls back at most `max_calls_to_client` at once, whatever the client
+            // would accept.
             call_slots: Arc::new(Semaphore::new(
-                (remote.max_calls.max(1) as usize).min(Semaphore::MAX_PERMITS),
+                (remote.max_calls.max(1) as usize)
+                    .min(match role {
+                        Role::Acceptor => max_calls_to_client,
+                        Role::Dialer => usize::MAX,
+                    })
+                    .min(Semaphore::MAX_PERMITS),
             )),
             stream_slots: Arc::new(Semaphore::new(
                 (remote.max_streams.max(1) as usize).min(Semaphore::MAX_PERMITS),
@@ -151,6 +172,11 @@ impl ConnShared {
     /// A fresh call id. Ids are never reused; past 2^31 the connection must be replaced.
     pub(crate) fn alloc_id(&self) -> Result<u32, RpcError> {
         let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+        if id >= DRAIN_IDS_AT {
+            // Close to the end of the id space: new calls go to a fresh connection while the
+            // ones in flight here finish.
+            self.draining.store(true, Ordering::Relaxed);
+        }
         if id >= 1 << 31 {
             // Saturate: the counter never wraps around to ids that were used.
             self.next_id.store(1 << 31, Ordering::Relaxed);
@@ -290,6 +316,21 @@ impl ConnShared {
         if id != 0 {
             self.send_error(id, &RpcError::protocol(what.to_string()));
         }
+        self.strike();
+    }
+
+    /// Counts a received Cancel; returns the count within the current minute.
+    pub(crate) fn count_cancel(&self) -> u32 {
+        let mut cancels = self.cancels.lock();
+        if cancels.0.elapsed().as_secs() >= 60 {
+            *cancels = (Instant::now(), 0);
+        }
+        cancels.1 += 1;
+        cancels.1
+    }
+
+    /// Counts one violation toward `Limits::max_protocol_errors` per minute.
+    pub(crate) fn strike(&self) {
         let over = {
             let mut errors = self.errors.lock();
             if errors.0.elapsed().as_secs() >= 60 {
@@ -484,6 +525,12 @@ impl Connection {
             }
         }
         shared.close_with_goaway(GoAwayCode::ShuttingDown, "the server shut down");
+    }
+
+    #[doc(hidden)]
+    /// Test hook: the next call id this side allocates (for the id-exhaustion scenario).
+    pub fn set_next_call_id(&self, id: u32) {
+        self.shared.next_id.store(id, Ordering::Relaxed);
     }
 
     /// Calls this side has outstanding and calls the remote has running here.

@@ -62,6 +62,7 @@ struct KernelInner {
     connections: Mutex<HashMap<u64, Connection>>,
     next_connection_id: AtomicU64,
     handshakes: AtomicU64,
+    inflight_bytes: AtomicU64,
     counters: Counters,
     router: router::Router,
     listeners: RwLock<Vec<Listener>>,
@@ -141,6 +142,7 @@ impl RpcKernel {
                 connections: Mutex::new(HashMap::new()),
                 next_connection_id: AtomicU64::new(1),
                 handshakes: AtomicU64::new(0),
+                inflight_bytes: AtomicU64::new(0),
                 counters: Counters::default(),
                 router: router::Router::default(),
                 listeners: RwLock::new(Vec::new()),
@@ -399,6 +401,21 @@ impl RpcKernel {
 
     pub(crate) fn stats_call_ended(&self) {
         self.inner.counters.active_calls.fetch_sub(1, Relaxed);
+    }
+
+    /// Counts argument bytes toward `Limits::max_kernel_inflight_bytes`; false if full.
+    pub(crate) fn reserve_inflight(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        let held = self.inner.inflight_bytes.fetch_add(bytes, Relaxed);
+        if held + bytes > self.inner.limits.max_kernel_inflight_bytes as u64 {
+            self.inner.inflight_bytes.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release_inflight(&self, bytes: usize) {
+        self.inner.inflight_bytes.fetch_sub(bytes as u64, Relaxed);
     }
 
     pub(crate) fn stats_call_failed(&self) {

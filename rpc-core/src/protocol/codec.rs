@@ -7,7 +7,6 @@
 //! pre-allocate more than the frame's size.
 
 use bytes::{BufMut, BytesMut};
-use rmp::decode::{LenError, MessageLen};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,26 +37,100 @@ pub enum DecodeError {
     Type(String),
 }
 
+/// Deepest nesting [`value_len`] can track (the depth limit is clamped to it).
+const MAX_TRACKED_DEPTH: usize = 128;
+
 /// Length of the one MessagePack value at the start of `data`, with nesting at most
-/// `max_depth`. Never recurses and never allocates more than a small stack of open sequences.
+/// `max_depth` (at most 128).
+///
+/// A loop over a fixed stack of open containers: it never recurses, never allocates, and
+/// refuses any declared length (string, binary, ext, or element count) that the bytes
+/// present cannot back. Every marker of the format is handled, ext types included.
 pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
-    match MessageLen::with_limits(max_depth, data.len() + 1).incremental_len(data) {
-        Ok(n) => Ok(n),
-        Err(LenError::Truncated(_)) if max_depth_exceeded(data, max_depth) => {
-            Err(DecodeError::Malformed { max_depth })
+    let max_depth = max_depth.min(MAX_TRACKED_DEPTH);
+    // Items still to read in each open container; `remaining` is the innermost.
+    let mut open = [0u64; MAX_TRACKED_DEPTH];
+    let mut depth = 0usize;
+    let mut remaining: u64 = 1;
+    let mut pos = 0usize;
+    let malformed = DecodeError::Malformed { max_depth };
+    loop {
+        if remaining == 0 {
+            if depth == 0 {
+                return Ok(pos);
+            }
+            depth -= 1;
+            remaining = open[depth];
+            continue;
         }
-        Err(LenError::Truncated(_)) => Err(DecodeError::Truncated),
-        Err(LenError::ParseError) => Err(DecodeError::Malformed { max_depth }),
+        remaining -= 1;
+        let marker = *data.get(pos).ok_or(DecodeError::Truncated)?;
+        pos += 1;
+        let uint = |pos: usize, n: usize| -> Result<u64, DecodeError> {
+            let bytes = data.get(pos..pos + n).ok_or(DecodeError::Truncated)?;
+            Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
+        };
+        // (bytes to skip after the marker and any length field, items of a container)
+        let (skip, items): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * (marker & 0x0f) as u64),
+            0x90..=0x9f => (0, (marker & 0x0f) as u64),
+            0xa0..=0xbf => ((marker & 0x1f) as u64, 0),
+            0xc1 => return Err(malformed),
+            // bin8/16/32, str8/16/32: a length, then that many bytes.
+            0xc4 | 0xd9 => (uint(pos, 1)?, 0).tap(|_| pos += 1),
+            0xc5 | 0xda => (uint(pos, 2)?, 0).tap(|_| pos += 2),
+            0xc6 | 0xdb => (uint(pos, 4)?, 0).tap(|_| pos += 4),
+            // ext8/16/32: a length, a type byte, then the data.
+            0xc7 => (uint(pos, 1)? + 1, 0).tap(|_| pos += 1),
+            0xc8 => (uint(pos, 2)? + 1, 0).tap(|_| pos += 2),
+            0xc9 => (uint(pos, 4)? + 1, 0).tap(|_| pos += 4),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            // fixext 1/2/4/8/16: a type byte, then the data.
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, uint(pos, 2)?).tap(|_| pos += 2),
+            0xdd => (0, uint(pos, 4)?).tap(|_| pos += 4),
+            0xde => (0, 2 * uint(pos, 2)?).tap(|_| pos += 2),
+            0xdf => (0, 2 * uint(pos, 4)?).tap(|_| pos += 4),
+        };
+        let left = (data.len() - pos.min(data.len())) as u64;
+        if skip > left {
+            return Err(DecodeError::Truncated);
+        }
+        pos += skip as usize;
+        if items > 0 {
+            // Every item takes at least one byte: a count the data cannot back is refused
+            // before anything is done with it.
+            if items > left {
+                return Err(DecodeError::Truncated);
+            }
+            if depth >= max_depth {
+                return Err(malformed);
+            }
+            open[depth] = remaining;
+            depth += 1;
+            remaining = items;
+        }
     }
 }
 
-/// `MessageLen` reports an exceeded limit as `Truncated` on the first call; a second call
-/// tells the two apart (`ROBUSTNESS.md` §4.1).
-fn max_depth_exceeded(data: &[u8], max_depth: usize) -> bool {
-    let mut scan = MessageLen::with_limits(max_depth, data.len() + 1);
-    let _ = scan.incremental_len(data);
-    matches!(scan.incremental_len(&[]), Err(LenError::ParseError))
+/// `(value).tap(|_| side effect)`: keeps the length-field arms of [`value_len`] one line each.
+trait Tap: Sized {
+    fn tap(self, f: impl FnOnce(&Self)) -> Self {
+        f(&self);
+        self
+    }
 }
+impl<T> Tap for T {}
 
 /// Checks that `body` is exactly one MessagePack value within the depth limit.
 pub fn prescan(body: &[u8], max_depth: usize) -> Result<(), DecodeError> {
@@ -251,6 +324,38 @@ mod tests {
         // bin32 declaring 4 GiB
         let data = [0xc6, 0xff, 0xff, 0xff, 0xff, 1];
         assert!(decode_value::<serde_bytes::ByteBuf>(&data).is_err());
+    }
+
+    #[test]
+    fn every_marker_is_scanned_ext_included() {
+        // fixext1, fixext16, ext8, a nested map, float64, str8, bin16, negative fixint
+        let cases: &[&[u8]] = &[
+            &[0xd4, 0x01, 0x00],
+            &[0xd8, 0x01, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+            &[0xc7, 0x02, 0x05, 0xaa, 0xbb],
+            &[0x81, 0xa1, b'k', 0x92, 0x01, 0xc0],
+            &[0xcb, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0xd9, 0x02, b'h', b'i'],
+            &[0xc5, 0x00, 0x01, 0x07],
+            &[0xff],
+        ];
+        for case in cases {
+            assert_eq!(value_len(case, 64), Ok(case.len()), "{case:02x?}");
+            assert!(value_len(&case[..case.len() - 1], 64).is_err(), "truncated {case:02x?}");
+        }
+        assert!(value_len(&[0xc1], 64).is_err());
+        // An ext inside a call's arguments decodes as an error, never a panic.
+        assert!(decode_value::<u8>(&[0xd4, 0x01, 0x00]).is_err());
+    }
+
+    #[test]
+    fn depth_limit_is_exact() {
+        let mut ok = vec![0x91u8; 64];
+        ok.push(0xc0);
+        assert_eq!(value_len(&ok, 64), Ok(65));
+        let mut deep = vec![0x91u8; 65];
+        deep.push(0xc0);
+        assert!(matches!(value_len(&deep, 64), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]

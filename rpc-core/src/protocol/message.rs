@@ -153,7 +153,16 @@ impl<'a> CallHead<'a> {
         let (args, tail) = rest.split_at(len);
         rest = tail;
         let timeout_ms = if n >= 4 { read_opt_uint(&mut rest, "Call")? } else { None };
-        let window = if n >= 5 { read_uint(&mut rest, "Call")? as u32 } else { 0 };
+        let window =
+            if n >= 5 { read_uint(&mut rest, "Call")?.min(u32::MAX as u64) as u32 } else { 0 };
+        // Elements a newer peer appends are skipped; bytes after the array are not allowed.
+        for _ in 5..n {
+            let len = codec::value_len(rest, max_depth)?;
+            rest = &rest[len..];
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError::Trailing(rest.len()));
+        }
         Ok(CallHead { controller, action, args, timeout_ms, window })
     }
 
