@@ -170,8 +170,6 @@ fn d13_corpus_connection_ops() {
 /// The crashes the fuzzers found, kept as reproducers (`fuzz/regressions/<target>/*`): each
 /// must run clean once its bug is fixed.
 #[test]
-#[ignore = "BUG: rmp 0.8.15 MessageLen panics (todo!()) on MessagePack ext markers; see \
-            fuzz/README.md and the issue 6 report"]
 fn d13_regressions() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
     on_small_stack(move || {
