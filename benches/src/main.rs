@@ -32,13 +32,14 @@ struct Args {
     callgrind: bool,
     placements: Vec<Placement>,
     idle_conns: usize,
+    sched: harness::Sched,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: rpc-benches [--quick] [--runs N] [--secs S] [--warmup S] [--systems a,b]\n\
          \x20                  [--workloads unary,t64,t256,bytes,stream,peer,idle,callgrind]\n\
-         \x20                  [--placement split|same|both] [--idle-conns N]\n\
+         \x20                  [--placement split|same|both] [--idle-conns N] [--sched fifo|nice|normal]\n\
          systems: {}",
         systems::ALL.iter().map(|s| s.key()).collect::<Vec<_>>().join(",")
     );
@@ -48,8 +49,8 @@ fn usage() -> ! {
 fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
     let mut a = Args {
         cfg: Cfg {
-            warmup: Duration::from_millis(300),
-            duration: Duration::from_millis(1500),
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_millis(1000),
             stream_items: 200_000,
             payload: 64 << 10,
         },
@@ -60,6 +61,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         callgrind: true,
         placements: vec![Placement::Split, Placement::Same],
         idle_conns: 10_000,
+        sched: harness::Sched::Fifo,
     };
     let secs = |v: Option<String>| Duration::from_secs_f64(v.and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()));
     while let Some(arg) = it.next() {
@@ -92,6 +94,14 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
                     }
                 }
             }
+            "--sched" => {
+                a.sched = match it.next().as_deref() {
+                    Some("fifo") => harness::Sched::Fifo,
+                    Some("nice") => harness::Sched::Nice,
+                    Some("normal") => harness::Sched::Normal,
+                    _ => usage(),
+                }
+            }
             "--placement" => {
                 a.placements = match it.next().as_deref() {
                     Some("split") => vec![Placement::Split],
@@ -120,6 +130,12 @@ fn main() {
             args.next();
             let system = System::parse(&args.next().unwrap()).unwrap();
             let n: u64 = args.next().unwrap().parse().unwrap();
+            systems::set_call_kind(match args.next().as_deref() {
+                None | Some("echo") => systems::CallKind::Echo,
+                Some("bytes") => systems::CallKind::Bytes,
+                Some("stream") => systems::CallKind::Stream,
+                Some(other) => panic!("unknown call kind {other}"),
+            });
             return harness::runtime().block_on(systems::calls(system, n));
         }
         _ => {}
@@ -129,6 +145,16 @@ fn main() {
     let started = std::time::Instant::now();
 
     println!("{}", report::machine());
+    let sched = harness::choose_sched(args.sched);
+    println!(
+        "Measuring threads: pinned, {}. Load average before: {}.",
+        match sched {
+            harness::Sched::Fifo => "SCHED_FIFO priority 10",
+            harness::Sched::Nice => "nice -20",
+            harness::Sched::Normal => "default priority",
+        },
+        harness::loadavg()
+    );
     println!(
         "Settings: {} run(s) per figure (median shown), {:?} warm-up + {:?} measured per workload, \
          {} stream items, {} KiB payload.\n",
@@ -174,6 +200,7 @@ fn main() {
     };
 
     println!("{}", report::goals(&tables, &idle));
+    println!("Load average after: {}.", harness::loadavg());
     let _ = instructions;
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -331,9 +331,37 @@ pub async fn idle_connection(system: System, addr: SocketAddr) -> Box<dyn Any> {
     }
 }
 
+/// What `__calls` repeats: small echoes, payload echoes, or stream items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Echo,
+    Bytes,
+    Stream,
+}
+
+thread_local! {
+    static KIND: std::cell::Cell<CallKind> = const { std::cell::Cell::new(CallKind::Echo) };
+}
+
+pub fn set_call_kind(k: CallKind) {
+    KIND.with(|c| c.set(k));
+}
+
 async fn n_calls<R: Rpc>(r: &R, n: u64) {
-    for _ in 0..n {
-        r.echo().await;
+    match KIND.with(|c| c.get()) {
+        CallKind::Echo => {
+            for _ in 0..n {
+                r.echo().await;
+            }
+        }
+        CallKind::Bytes => {
+            for _ in 0..n {
+                r.echo_bytes().await;
+            }
+        }
+        CallKind::Stream => {
+            assert_eq!(r.stream(n).await, Some(n));
+        }
     }
 }
 
@@ -344,7 +372,10 @@ pub async fn calls(system: System, n: u64) {
         System::Raw => {
             let addr = raw::tcp_server().await;
             let c = raw::RawTcp::new(addr);
-            c.calls(n).await;
+            match KIND.with(|k| k.get()) {
+                CallKind::Stream => assert_eq!(c.stream(n).await, n),
+                _ => c.calls(n).await,
+            }
         }
         System::RawWs => {
             let addr = raw::ws_server().await;
@@ -353,35 +384,35 @@ pub async fn calls(system: System, n: u64) {
         }
         System::Tarpc => {
             let (addr, _keep) = tarpc_sys::server().await;
-            let r = tarpc_sys::client(addr, 16).await;
+            let r = tarpc_sys::client(addr, 64 << 10).await;
             n_calls(&r, n).await;
         }
         System::Jsonrpsee => {
             let (addr, _keep) = jsonrpsee_sys::server().await;
-            let r = jsonrpsee_sys::client(addr, 16, 16).await;
+            let r = jsonrpsee_sys::client(addr, 64 << 10, 1 << 22).await;
             n_calls(&r, n).await;
         }
         System::Tonic => {
             let (addr, _keep) = tonic_sys::server().await;
-            let r = tonic_sys::client(addr, 16).await;
+            let r = tonic_sys::client(addr, 64 << 10).await;
             n_calls(&r, n).await;
         }
         System::OursTcp => {
             let (addr, _keep) = ours::tcp_server().await;
-            let r = ours::tcp_client(addr, 16).await;
+            let r = ours::tcp_client(addr, 64 << 10).await;
             n_calls(&r, n).await;
         }
         #[cfg(has_ws)]
         System::OursWs => {
             let (addr, _keep) = ours::ws_server().await;
-            let r = ours::ws_client(addr, 16).await;
+            let r = ours::ws_client(addr, 64 << 10).await;
             n_calls(&r, n).await;
         }
         #[cfg(not(has_ws))]
         System::OursWs => unreachable!(),
         System::OursMem => {
             let kernel = ours::kernel();
-            let r = ours::memory_client(&kernel, 16).await;
+            let r = ours::memory_client(&kernel, 64 << 10).await;
             n_calls(&r, n).await;
         }
     }
