@@ -4,7 +4,7 @@
 use rpc_core::{
     Connection, Context, ErrorKind, RpcError, RpcKernel, Security, Session, controller,
 };
-use tests::{Harness, pki, transport_tests};
+use tests::{pki, transport_tests};
 
 #[controller("me")]
 pub trait Me {

@@ -143,7 +143,22 @@ pub(crate) fn route_call(conn: &Arc<ConnShared>, frame: Frame) {
             tracing::debug!(connection = caller.id, %alias, allowed, "routed call refused");
             return caller.answer_error(id, &unreachable_peer(&alias));
         };
-        if let Err(e) = forward_call(&caller, id, &callee, &session, frame, stream) {
+        // Wait (bounded) for one of the callee's call slots: the caller's own slot is held
+        // meanwhile, so at most max_calls_in_flight calls per caller wait here, each holding
+        // only its Call frame.
+        let slots = if stream { callee.stream_slots.clone() } else { callee.call_slots.clone() };
+        let wait = caller.limits.call_timeout;
+        let slot = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return caller.answer_error(id, &unreachable_peer(&alias)),
+            Err(_) => {
+                let e = RpcError::busy(format!(
+                    "the peer had no room for another call within {wait:?}; retry later"
+                ));
+                return caller.answer_error(id, &e);
+            }
+        };
+        if let Err(e) = forward_call(&caller, id, &callee, &session, frame, slot, stream) {
             caller.answer_error(id, &e);
         }
     });
@@ -156,12 +171,9 @@ fn forward_call(
     callee: &Arc<ConnShared>,
     session: &crate::Session,
     frame: Frame,
+    slot: tokio::sync::OwnedSemaphorePermit,
     stream: bool,
 ) -> Result<(), RpcError> {
-    let slots = if stream { &callee.stream_slots } else { &callee.call_slots };
-    let slot = slots.clone().try_acquire_owned().map_err(|_| {
-        RpcError::busy("the peer has as many calls in flight as it accepts; retry later")
-    })?;
     let callee_id = callee.alloc_id()?;
     let sink = Sink::Routed { caller: Arc::downgrade(caller), caller_id, _slot: slot };
     callee.register_pending(callee_id, Pending::new(sink))?;

@@ -109,7 +109,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> TransportReader for ByteStreamReader
 
 impl<W: AsyncWrite + Unpin + Send + 'static> TransportWriter for ByteStreamWriter<W> {
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        self.0.write_all(&data).await
+        self.0.write_all(&data).await?;
+        // Layers such as TLS keep the tail of what they encrypted until flushed: without
+        // this, the last frames of a batch could wait for the next write.
+        self.0.flush().await
     }
 
     async fn close(&mut self) -> io::Result<()> {
