@@ -274,6 +274,10 @@ async fn read_loop<R: TransportReader>(
             _ = &mut timer => {
                 let now = Instant::now();
                 super::chunks::sweep_idle(&shared, limits.frame_timeout);
+                if shared.session.read().expires_at().is_some_and(|at| now >= at) {
+                    shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication expired");
+                    break;
+                }
                 if !shared.authenticated.load(Ordering::Acquire) && now >= auth_deadline {
                     shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication timeout (Limits::auth_timeout)");
                     break;
@@ -302,6 +306,14 @@ async fn read_loop<R: TransportReader>(
                 }
                 timer.as_mut().reset(next_check);
             }
+        }
+        // A session that expires before the next check moves the check (re-authentication
+        // may have changed it).
+        if let Some(at) = shared.session.read().expires_at()
+            && at < next_check
+        {
+            next_check = at;
+            timer.as_mut().reset(next_check);
         }
         if let Some(started) = frame_started
             && started + limits.frame_timeout < next_check

@@ -89,6 +89,7 @@ impl Token {
 pub struct Session {
     username: String,
     anonymous: bool,
+    expires_at: Option<tokio::time::Instant>,
     extensions: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
 }
 
@@ -105,12 +106,22 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// An authenticated session for `username`.
     pub fn new(username: impl Into<String>) -> Session {
-        Session { username: username.into(), anonymous: false, extensions: HashMap::new() }
+        Session {
+            username: username.into(),
+            anonymous: false,
+            expires_at: None,
+            extensions: HashMap::new(),
+        }
     }
 
     /// The session of a connection that has not authenticated.
     pub fn anonymous() -> Session {
-        Session { username: "anonymous".into(), anonymous: true, extensions: HashMap::new() }
+        Session {
+            username: "anonymous".into(),
+            anonymous: true,
+            expires_at: None,
+            extensions: HashMap::new(),
+        }
     }
 
     /// The user name (`"anonymous"` for an anonymous session).
@@ -121,6 +132,26 @@ impl Session {
     /// Whether the connection has not authenticated.
     pub fn is_anonymous(&self) -> bool {
         self.anonymous
+    }
+
+    /// Makes the session expire after `lifetime` (for example when the token does): the
+    /// connection is then closed with GoAway `Unauthenticated` "authentication expired",
+    /// its calls and streams end, and the client must authenticate again on its next call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let session = rpc_core::Session::new("alice").expires_in(Duration::from_secs(3600));
+    /// assert!(session.expires_at().is_some());
+    /// ```
+    #[must_use]
+    pub fn expires_in(mut self, lifetime: std::time::Duration) -> Session {
+        self.expires_at = Some(tokio::time::Instant::now() + lifetime);
+        self
+    }
+
+    /// When the session expires, if it does.
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.expires_at
     }
 
     /// Stores a typed extension (one per type; a second insert replaces the first).

@@ -521,6 +521,10 @@ impl Security for Tokens {
         match token.as_str() {
             Some("alice") => Ok(Session::new("alice")),
             Some("admin") => Ok(Session::new("admin")),
+            // A token that expires two seconds after authenticating (A4).
+            Some("brief") => {
+                Ok(Session::new("brief").expires_in(std::time::Duration::from_secs(2)))
+            }
             _ => Err(RpcError::unauthenticated("authentication failed")),
         }
     }
