@@ -94,10 +94,9 @@ impl RpcTcpServer {
     /// socket is closed before its TLS handshake.
     ///
     /// ```no_run
-    /// # fn server_config() -> rustls::ServerConfig { unimplemented!() }
-    /// # async fn run() -> std::io::Result<()> {
+    /// # async fn run(server_config: rustls::ServerConfig) -> std::io::Result<()> {
     /// let kernel = rpc_core::RpcKernel::new();
-    /// let server = rpc_tcp::RpcTcpServer::bind_tls("127.0.0.1:8443", kernel, server_config()).await?;
+    /// let server = rpc_tcp::RpcTcpServer::bind_tls("127.0.0.1:8443", kernel, server_config).await?;
     /// server.serve().await
     /// # }
     /// ```
@@ -220,11 +219,10 @@ impl<A: ToSocketAddrs + Clone + Send + Sync + 'static> Connector for TcpConnecto
 /// A client over TCP or TLS: an [`RpcClient`] (it derefs to one) that dials `addr`.
 ///
 /// ```no_run
-/// # fn client_config() -> rustls::ClientConfig { unimplemented!() }
-/// # async fn run() -> Result<(), rpc_core::RpcError> {
+/// # async fn run(client_config: rustls::ClientConfig) -> Result<(), rpc_core::RpcError> {
 /// let client = rpc_tcp::RpcTcpClient::connect("127.0.0.1:8081").await?; // connected now
 /// let lazy = rpc_tcp::RpcTcpClient::new("127.0.0.1:8081");              // on the first call
-/// let tls = rpc_tcp::RpcTcpClient::connect_tls("127.0.0.1:8443", "localhost", client_config()).await?;
+/// let tls = rpc_tcp::RpcTcpClient::connect_tls("127.0.0.1:8443", "localhost", client_config).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]

@@ -24,9 +24,8 @@
 //! use std::sync::Arc;
 //! use rpc_tcp::tls::{TlsAcceptor, ALPN_RPC};
 //!
-//! # fn config() -> rustls::ServerConfig { unimplemented!() }
-//! # fn run() {
-//! let acceptor = TlsAcceptor::new(config(), ALPN_RPC, true);
+//! # fn run(config: rustls::ServerConfig) {
+//! let acceptor = TlsAcceptor::new(config, ALPN_RPC, true);
 //! # let _ = acceptor;
 //! # }
 //! ```
@@ -57,9 +56,8 @@ fn with_alpn(mut list: Vec<Vec<u8>>, alpn: &[u8]) -> Vec<Vec<u8>> {
 /// The server side of TLS: a rustls server config plus the ALPN rule.
 ///
 /// ```no_run
-/// # fn config() -> rustls::ServerConfig { unimplemented!() }
-/// # async fn run(socket: tokio::net::TcpStream) -> std::io::Result<()> {
-/// let acceptor = rpc_tcp::tls::TlsAcceptor::new(config(), rpc_tcp::tls::ALPN_RPC, true);
+/// # async fn run(socket: tokio::net::TcpStream, config: rustls::ServerConfig) -> std::io::Result<()> {
+/// let acceptor = rpc_tcp::tls::TlsAcceptor::new(config, rpc_tcp::tls::ALPN_RPC, true);
 /// let (tls_stream, identity) = acceptor.accept(socket).await?;
 /// println!("client certificate: {identity:?}");
 /// # drop(tls_stream); Ok(()) }
@@ -119,9 +117,8 @@ impl TlsAcceptor {
 /// rule.
 ///
 /// ```no_run
-/// # fn config() -> rustls::ClientConfig { unimplemented!() }
-/// # async fn run(socket: tokio::net::TcpStream) -> std::io::Result<()> {
-/// let connector = rpc_tcp::tls::TlsConnector::new(config(), rpc_tcp::tls::ALPN_RPC, true);
+/// # async fn run(socket: tokio::net::TcpStream, config: rustls::ClientConfig) -> std::io::Result<()> {
+/// let connector = rpc_tcp::tls::TlsConnector::new(config, rpc_tcp::tls::ALPN_RPC, true);
 /// let tls_stream = connector.connect("example.com", socket).await?;
 /// # drop(tls_stream); Ok(()) }
 /// ```

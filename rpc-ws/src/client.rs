@@ -171,9 +171,8 @@ impl RpcWebSocketClient {
     /// client certificate for mutual TLS). ALPN `"http/1.1"` is added to the config.
     ///
     /// ```no_run
-    /// # fn client_config() -> rustls::ClientConfig { unimplemented!() }
-    /// # async fn run() -> Result<(), rpc_core::RpcError> {
-    /// let client = rpc_ws::RpcWebSocketClient::connect_tls("wss://localhost:8443/rpc", client_config()).await?;
+    /// # async fn run(client_config: rustls::ClientConfig) -> Result<(), rpc_core::RpcError> {
+    /// let client = rpc_ws::RpcWebSocketClient::connect_tls("wss://localhost:8443/rpc", client_config).await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect_tls(

@@ -66,10 +66,9 @@ impl RpcWebSocketServer {
     /// `ctx.connection().transport().peer_identity`.
     ///
     /// ```no_run
-    /// # fn server_config() -> rustls::ServerConfig { unimplemented!() }
-    /// # async fn run() -> std::io::Result<()> {
+    /// # async fn run(server_config: rustls::ServerConfig) -> std::io::Result<()> {
     /// let kernel = rpc_core::RpcKernel::new();
-    /// let server = rpc_ws::RpcWebSocketServer::bind_tls("127.0.0.1:8443", kernel, server_config()).await?;
+    /// let server = rpc_ws::RpcWebSocketServer::bind_tls("127.0.0.1:8443", kernel, server_config).await?;
     /// server.serve().await
     /// # }
     /// ```
