@@ -49,7 +49,8 @@ pub struct Limits {
     pub max_outbound_calls: usize,
     /// Open streams (subscriptions) per connection. Default 1024; one more → `Busy`.
     pub max_streams: usize,
-    /// Items a stream's producer may run ahead of its consumer. Default 64.
+    /// Items a stream's producer may run ahead of its consumer. Default 256 (credit is
+    /// returned in halves of it: the producer waits a round trip every 128 items at most).
     pub stream_window: u32,
     /// Outbound bytes queued for a connection that does not read, above which it is closed as
     /// a slow consumer (`GoAway` code `SlowConsumer`). Default 8 MiB.
@@ -113,7 +114,7 @@ impl Default for Limits {
             max_calls_in_flight: 100,
             max_outbound_calls: 10_000,
             max_streams: 1024,
-            stream_window: 64,
+            stream_window: 256,
             max_outbound_queue: 8 << 20,
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

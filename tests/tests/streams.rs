@@ -345,9 +345,10 @@ transport_tests! {
         // before its reader starts.
         let client = h.client();
         let p = client.controller::<StreamsClient>();
+        let longer = Limits::default().stream_window as u64 + 1;
         let opens = (0..200u64).map(|i| {
             let p = p.clone();
-            async move { p.count(100 + i).await }
+            async move { p.count(longer + i).await }
         });
         let streams = within(
             Duration::from_secs(10),
@@ -358,7 +359,7 @@ transport_tests! {
         assert_eq!(h.kernel.stats().active_streams, 200);
         let readers = streams.into_iter().enumerate().map(|(i, stream)| async move {
             let items = drain(stream.unwrap()).await;
-            assert_eq!(items, (0..100 + i as u64).collect::<Vec<_>>(), "stream {i}");
+            assert_eq!(items, (0..longer + i as u64).collect::<Vec<_>>(), "stream {i}");
         });
         within(Duration::from_secs(20), "reading 200 streams", futures::future::join_all(readers))
             .await;

@@ -331,6 +331,10 @@ impl ConnShared {
         match first.kind {
             Kind::StreamOpen => {
                 guard.armed = false;
+                // The callee announces the window it granted (it may be smaller than asked):
+                // credit is returned in halves of that, or the stream would stall.
+                let granted = message::decode_uint(&first.body).unwrap_or(0) as u32;
+                let window = if granted > 0 { window.min(granted) } else { window };
                 Ok(RpcStream::remote_result(
                     rx,
                     self.clone(),

@@ -116,7 +116,7 @@ pub(crate) fn reserve_slot(
     conn: &Arc<ConnShared>,
     id: u32,
     stream: bool,
-) -> Option<parking_lot::MutexGuard<'_, std::collections::HashMap<u32, Inbound>>> {
+) -> Option<parking_lot::MutexGuard<'_, super::IdMap<Inbound>>> {
     let table = conn.inbound.lock();
     if table.contains_key(&id) {
         drop(table);
@@ -208,12 +208,13 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         }
         false => (None, None),
     };
-    let credit = kind.streams_out().then(|| {
-        // A caller may ask for a larger window than ours, up to 16 times ours.
-        let ours = conn.limits.stream_window.max(1);
-        let window = if head.window == 0 { ours } else { head.window.min(ours.saturating_mul(16)) };
-        Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS as u32) as usize))
-    });
+    // A caller may ask for a larger window than ours, up to 16 times ours; the window
+    // granted is announced in StreamOpen.
+    let ours = conn.limits.stream_window.max(1);
+    let window = if head.window == 0 { ours } else { head.window.min(ours.saturating_mul(16)) };
+    let credit = kind
+        .streams_out()
+        .then(|| Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS as u32) as usize)));
 
     let Some(mut table) = reserve_slot(conn, id, kind.streams_out()) else { return };
     let bytes = args.len();
@@ -236,6 +237,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         id,
         ctx,
         credit: credit.clone(),
+        window,
         args: parking_lot::Mutex::new(args_rx),
     };
     let task = tokio::spawn(run_call(

@@ -37,6 +37,31 @@ use calls::Pending;
 use inbound::Inbound;
 use outbox::Outbox;
 
+/// A table keyed by call id. Ids are sequential numbers chosen by the two ends of the
+/// connection, not by a third party able to aim at one bucket, so a multiplicative hash is
+/// enough (SipHash cost ~900 instructions per round trip across the tables).
+pub(crate) type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of a `u32` id.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Past this id, a connection stops taking new calls (they go to a fresh connection), long
 /// before ids could run out at 2^31.
 const DRAIN_IDS_AT: u32 = (1 << 31) - (1 << 20);
@@ -59,8 +84,8 @@ pub(crate) struct ConnShared {
     pub(crate) kernel: RpcKernel,
     pub(crate) outbox: Outbox,
     next_id: AtomicU32,
-    pub(crate) outbound: Mutex<HashMap<u32, Pending>>,
-    pub(crate) inbound: Mutex<HashMap<u32, Inbound>>,
+    pub(crate) outbound: Mutex<IdMap<Pending>>,
+    pub(crate) inbound: Mutex<IdMap<Inbound>>,
     pub(crate) session: RwLock<Arc<Session>>,
     /// The frame limit the read loop enforces (raised once authenticated).
     pub(crate) frame_limit: AtomicUsize,
@@ -94,9 +119,9 @@ pub(crate) struct ConnShared {
     /// The peer alias this connection registered (on the routing server).
     pub(crate) peer_alias: Mutex<Option<String>>,
     /// Credit windows of the chunked messages this side is sending, by call id.
-    pub(crate) chunk_senders: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    pub(crate) chunk_senders: Mutex<IdMap<Arc<Semaphore>>>,
     /// Chunked messages being received, by call id.
-    pub(crate) reassembly: Mutex<HashMap<u32, chunks::Incoming>>,
+    pub(crate) reassembly: Mutex<IdMap<chunks::Incoming>>,
 }
 
 impl ConnShared {
@@ -125,8 +150,8 @@ impl ConnShared {
             limits,
             kernel,
             next_id: AtomicU32::new(if role == Role::Dialer { 1 } else { 2 }),
-            outbound: Mutex::new(HashMap::new()),
-            inbound: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(IdMap::default()),
+            inbound: Mutex::new(IdMap::default()),
             session: RwLock::new(Arc::new(Session::anonymous())),
             closed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -140,8 +165,8 @@ impl ConnShared {
             auth_running: AtomicBool::new(false),
             cancels: Mutex::new((Instant::now(), 0)),
             inflight_bytes: AtomicUsize::new(0),
-            chunk_senders: Mutex::new(HashMap::new()),
-            reassembly: Mutex::new(HashMap::new()),
+            chunk_senders: Mutex::new(IdMap::default()),
+            reassembly: Mutex::new(IdMap::default()),
             authenticated: AtomicBool::new(true),
             preauth_strikes: AtomicU32::new(0),
             // A server calls back at most `max_calls_to_client` at once, whatever the client

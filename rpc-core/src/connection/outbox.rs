@@ -159,9 +159,10 @@ impl Outbox {
                 let mut st = self.state.lock();
                 if !st.buf.is_empty() {
                     let frames = std::mem::take(&mut st.frames);
+                    // The next push reserves what it needs: by then the write of this batch
+                    // has often finished, so the same allocation is reclaimed instead of a
+                    // fresh one being made while this batch still shares it.
                     let out = st.buf.split().freeze();
-                    // Reclaims the previous batch's allocation if its write has finished.
-                    st.buf.reserve(8 << 10);
                     return Some((out, frames));
                 }
                 if st.closed {

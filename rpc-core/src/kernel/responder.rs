@@ -50,6 +50,8 @@ pub struct Responder {
     pub(crate) id: u32,
     pub(crate) ctx: Context,
     pub(crate) credit: Option<Arc<Semaphore>>,
+    /// The window granted to the caller's result stream (announced in StreamOpen).
+    pub(crate) window: u32,
     /// The caller's argument stream, until the handler takes it.
     pub(crate) args: parking_lot::Mutex<Option<(mpsc::UnboundedReceiver<Frame>, Arc<AtomicU32>)>>,
 }
@@ -133,7 +135,7 @@ impl Responder {
         if self
             .conn
             .outbox
-            .push(Kind::StreamOpen, self.id, None, |buf| codec::encode_into(buf, &0u32))
+            .push(Kind::StreamOpen, self.id, None, |buf| codec::encode_into(buf, &self.window))
             .is_err()
         {
             return Replied::failed(ErrorKind::Disconnected);
