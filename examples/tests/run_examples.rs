@@ -1,4 +1,4 @@
-//! Runs the security example binaries so they cannot rot: each asserts its own outcomes and
+//! Runs the example binaries so they cannot rot: each asserts its own outcomes and
 //! must exit 0 within the deadline, printing the lines that say what it demonstrated.
 
 use std::io::Read;
@@ -90,6 +90,35 @@ fn security_middleware() {
             "alice: balance(3) -> Err(RpcError { kind: Busy",
             "audit: alice",
             "middleware: audit log has 6 records, 2 calls rate-limited",
+        ],
+    );
+}
+
+#[test]
+fn hello() {
+    let out = run(env!("CARGO_BIN_EXE_hello"));
+    assert_lines(
+        &out,
+        &[
+            "users.hello(\"World\")   = \"Hello World\"",
+            "typed error CannotSaveUser { reason: \"no user 2\" }",
+            "users.ticks(10, 5)       = [0, 1, 2, 3, 4]",
+        ],
+    );
+}
+
+#[test]
+fn jobs() {
+    let out = run(env!("CARGO_BIN_EXE_jobs"));
+    assert_lines(
+        &out,
+        &[
+            "worker-1 registered over TCP",
+            "dashboard watching over WebSocket",
+            "dispatcher -> worker-2: encode done by worker-2 for dispatcher",
+            "dashboard  <- notify: done",
+            "dispatcher -> worker-9: Err(PeerNotFound)",
+            "all jobs done; 8 progress messages pushed",
         ],
     );
 }
