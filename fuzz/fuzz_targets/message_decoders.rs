@@ -1,12 +1,7 @@
 #![no_main]
 //! Fuzz target `message_decoders`: see `rpc_core::fuzzing::message_decoders`.
 
-// Until rpc-core exposes `pub mod fuzzing`, the module is compiled here from its source.
-#[allow(unused_imports)]
-use rpc_core::*;
-#[path = "../../rpc-core/src/fuzzing.rs"]
-#[allow(dead_code)]
-mod fuzzing;
+use rpc_core::fuzzing;
 
 use libfuzzer_sys::fuzz_target;
 

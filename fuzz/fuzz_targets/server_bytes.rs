@@ -1,12 +1,7 @@
 #![no_main]
 //! Fuzz target `server_bytes`: see `rpc_core::fuzzing::server_bytes`.
 
-// Until rpc-core exposes `pub mod fuzzing`, the module is compiled here from its source.
-#[allow(unused_imports)]
-use rpc_core::*;
-#[path = "../../rpc-core/src/fuzzing.rs"]
-#[allow(dead_code)]
-mod fuzzing;
+use rpc_core::fuzzing;
 
 use libfuzzer_sys::fuzz_target;
 

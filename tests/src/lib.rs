@@ -5,6 +5,7 @@
 //! new transport gets the whole suite by adding one variant to [`TransportKind`] and one line
 //! to the macro. TLS certificates are generated at run time ([`pki`]).
 
+pub mod alloc;
 pub mod pki;
 
 use std::net::SocketAddr;

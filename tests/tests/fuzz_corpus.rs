@@ -12,51 +12,15 @@
 //! Regenerate the seeds (after changing the input formats in `rpc_core::fuzzing`):
 //! `cargo test -p tests --test fuzz_corpus -- --ignored write_seeds`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 // Until rpc-core exposes `pub mod fuzzing`, the module is compiled here from its source.
-#[allow(unused_imports)]
-use rpc_core::*;
-#[path = "../../rpc-core/src/fuzzing.rs"]
-#[allow(dead_code)]
-mod fuzzing;
-
-// ---------------------------------------------------------------------------------------
-// A counting allocator: current and peak bytes.
-
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+use rpc_core::fuzzing;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: tests::alloc::Counting = tests::alloc::Counting;
 
-/// Peak bytes allocated beyond the level at the start, while `f` runs.
-fn peak_during(f: impl FnOnce()) -> usize {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    f();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
-}
+use tests::alloc::peak_during;
 
 // ---------------------------------------------------------------------------------------
 
