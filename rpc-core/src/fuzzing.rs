@@ -921,7 +921,7 @@ pub fn chunk_frames(data: &[u8]) {
             }
         } else if chunk::is_chunkable(f.kind) && f.route.is_none() {
             // Sending side: cut the frame into chunks and put it back together.
-            let inner = chunk::inner_message(&wire);
+            let inner = chunk::inner_message(f.kind, &f.body);
             let mut r: Option<Reassembly> = None;
             let mut done = None;
             for (header, piece) in chunk::chunk_bodies(&inner, chunk_size) {

@@ -5,7 +5,7 @@
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
 
 use super::ConnShared;
@@ -124,11 +124,7 @@ impl ConnShared {
     ) -> Result<(), RpcError> {
         let frame = parse_frame(encoded.slice(4..))
             .map_err(|e| RpcError::internal(format!("an outgoing frame is malformed: {e}")))?;
-        let mut inner = BytesMut::with_capacity(2 + frame.body.len());
-        inner.put_u8(frame.kind as u8);
-        inner.put_u8(0);
-        inner.extend_from_slice(&frame.body);
-        let inner = inner.freeze();
+        let inner = chunk::inner_message(frame.kind, &frame.body);
         let total = inner.len();
         if total > self.limits.max_message_size || total > u32::MAX as usize {
             return Err(RpcError::too_large(format!(
