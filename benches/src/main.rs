@@ -134,6 +134,7 @@ fn main() {
                 None | Some("echo") => systems::CallKind::Echo,
                 Some("bytes") => systems::CallKind::Bytes,
                 Some("stream") => systems::CallKind::Stream,
+                Some("t64") => systems::CallKind::Pipelined,
                 Some(other) => panic!("unknown call kind {other}"),
             });
             return harness::runtime().block_on(systems::calls(system, n));

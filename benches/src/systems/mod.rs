@@ -337,6 +337,8 @@ pub enum CallKind {
     Echo,
     Bytes,
     Stream,
+    /// Small echoes, 64 in flight on the one connection (the throughput path).
+    Pipelined,
 }
 
 thread_local! {
@@ -361,6 +363,18 @@ async fn n_calls<R: Rpc>(r: &R, n: u64) {
         }
         CallKind::Stream => {
             assert_eq!(r.stream(n).await, Some(n));
+        }
+        CallKind::Pipelined => {
+            use futures::StreamExt;
+            let mut left = n;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            while left > 0 || !in_flight.is_empty() {
+                while left > 0 && in_flight.len() < 64 {
+                    in_flight.push(r.echo());
+                    left -= 1;
+                }
+                in_flight.next().await;
+            }
         }
     }
 }

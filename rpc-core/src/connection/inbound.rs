@@ -1,11 +1,13 @@
 //! Calls the remote started: dispatch to the kernel, concurrency slots, cancellation,
 //! deadlines, and authentication requests.
 //!
-//! Each call runs in its own task, so a slow call never delays another. A call's slot is held
-//! by a guard inside that task and is released only when the handler's future has really
-//! been dropped, whether it finished, panicked, timed out or was cancelled (the HTTP/2
+//! A call is first polled on the read loop ([`run_inline_or_spawn`]); one that must wait runs
+//! on in its own task, so a waiting call never delays another. A call's slot is held by a
+//! guard inside the call's future and is released only when that future has really been
+//! dropped, whether it finished, panicked, timed out or was cancelled (the HTTP/2
 //! rapid-reset lesson: a cancel never frees a slot early).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,19 +242,51 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         window,
         args: parking_lot::Mutex::new(args_rx),
     };
-    let task = tokio::spawn(run_call(
-        guard,
-        resolved.controller,
-        resolved.index,
-        args,
-        responder,
-        deadline,
-    ));
-    table.insert(id, Inbound::Local { abort: Some(task.abort_handle()), credit, args: args_tx });
+    table.insert(id, Inbound::Local { abort: None, credit, args: args_tx });
     drop(table);
     if kind.streams_in() {
         // The caller may start its argument stream: one window of items.
         conn.send_credit(id, conn.limits.stream_window.max(1));
+    }
+    let names = (resolved.controller_name, resolved.action.name);
+    let call = run_call(guard, resolved.controller, resolved.index, args, responder, deadline);
+    run_inline_or_spawn(conn, id, names, call);
+}
+
+/// Polls a call once right here, on the read loop; a call that must wait continues in a
+/// task of its own.
+///
+/// Most handlers answer without waiting: they finish in this one poll, with no task to
+/// allocate, schedule and tear down, and their answer joins the batch the writer sends for
+/// this read. A handler that waits (I/O, a lock, a timer) costs one task, as before. The
+/// price: a handler's synchronous work before its first `.await` delays the frames behind
+/// it on this connection, so long CPU-bound work belongs in `spawn_blocking`.
+fn run_inline_or_spawn(
+    conn: &Arc<ConnShared>,
+    id: u32,
+    (controller, action): (&str, &str),
+    call: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut call = Box::pin(call);
+    // The waker is never used: a call still pending after this poll is polled again by its
+    // task, and every future registers the waker of its latest poll.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+    match polled {
+        Ok(std::task::Poll::Ready(())) => {}
+        Ok(std::task::Poll::Pending) => {
+            let task = tokio::spawn(call);
+            // The call may already have finished (on another worker) and left the table.
+            if let Some(Inbound::Local { abort, .. }) = conn.inbound.lock().get_mut(&id) {
+                *abort = Some(task.abort_handle());
+            }
+        }
+        Err(panic) => {
+            // Handler panics are caught inside the call; this is the policy's check or a
+            // middleware layer. Dropping the call releases its slot.
+            drop(call);
+            report_panic(conn, id, controller, action, panic);
+        }
     }
 }
 
