@@ -40,10 +40,37 @@ enum Source {
     PerConnection(Factory),
 }
 
+/// A table keyed by controller or action name, looked up once per call.
+///
+/// Only the server inserts (at registration); callers only look up, so a caller choosing
+/// names cannot crowd one bucket, and FNV-1a (a few instructions per byte) replaces SipHash.
+type NameMap<V> = HashMap<&'static str, V, std::hash::BuildHasherDefault<NameHasher>>;
+
+/// FNV-1a over a name's bytes.
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> NameHasher {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 struct Entry {
     name: &'static str,
     actions: &'static [ActionInfo],
-    index: HashMap<&'static str, usize>,
+    index: NameMap<usize>,
     source: Source,
 }
 
@@ -56,7 +83,7 @@ pub(crate) struct Resolved {
 }
 
 struct KernelInner {
-    registry: RwLock<HashMap<&'static str, Entry>>,
+    registry: RwLock<NameMap<Entry>>,
     security: RwLock<Option<SharedSecurity>>,
     limits: Arc<Limits>,
     connections: Mutex<HashMap<u64, Connection>>,
@@ -136,7 +163,7 @@ impl RpcKernel {
     pub fn with_limits(limits: Limits) -> RpcKernel {
         RpcKernel {
             inner: Arc::new(KernelInner {
-                registry: RwLock::new(HashMap::new()),
+                registry: RwLock::new(NameMap::default()),
                 security: RwLock::new(None),
                 limits: Arc::new(limits),
                 connections: Mutex::new(HashMap::new()),

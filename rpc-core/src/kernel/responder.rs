@@ -142,12 +142,25 @@ impl Responder {
         }
         self.conn.kernel.stats_stream_opened();
         let _open = StreamGauge(self.conn.kernel.clone());
+        // Items the consumer has granted and this loop has taken but not yet sent.
+        let mut granted = 0usize;
         loop {
-            // Credit first: the producer never runs ahead of what the consumer granted.
-            match credit.acquire().await {
-                Ok(permit) => permit.forget(),
-                Err(_) => return Replied::failed(ErrorKind::Disconnected),
+            // Credit first: the producer never runs ahead of what the consumer granted. All
+            // the credit there is is taken at once: one semaphore operation per batch of
+            // items, not per item.
+            if granted == 0 {
+                match credit.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Replied::failed(ErrorKind::Disconnected),
+                }
+                let more = credit.available_permits().min(u32::MAX as usize);
+                if let Ok(permits) = credit.try_acquire_many(more as u32) {
+                    permits.forget();
+                    granted += more;
+                }
+                granted += 1;
             }
+            granted -= 1;
             match stream.next().await {
                 Some(Ok(item)) => {
                     let queued = self.conn.queue_message(Kind::Item, self.id, None, |buf| {

@@ -40,36 +40,53 @@ pub enum DecodeError {
 /// Deepest nesting [`value_len`] can track (the depth limit is clamped to it).
 const MAX_TRACKED_DEPTH: usize = 128;
 
+/// Open containers [`value_len`] tracks on the stack; deeper ones (rare) go to the heap.
+const SHALLOW_DEPTH: usize = 16;
+
 /// Length of the one MessagePack value at the start of `data`, with nesting at most
 /// `max_depth` (at most 128).
 ///
-/// A loop over a fixed stack of open containers: it never recurses, never allocates, and
-/// refuses any declared length (string, binary, ext, or element count) that the bytes
-/// present cannot back. Every marker of the format is handled, ext types included.
+/// A loop over a stack of open containers: it never recurses, allocates only for values
+/// nested deeper than 16 levels, and refuses any declared length (string, binary, ext, or
+/// element count) that the bytes present cannot back. Every marker of the format is
+/// handled, ext types included.
+///
+/// ```
+/// use rpc_core::protocol::codec::value_len;
+///
+/// assert_eq!(value_len(&[0x92, 0x01, 0xa1, b'x', 0xff], 64), Ok(4)); // [1, "x"], then more
+/// assert!(value_len(&[0xa5, b'x'], 64).is_err()); // a 5-byte string with 1 byte present
+/// ```
 pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
     let max_depth = max_depth.min(MAX_TRACKED_DEPTH);
     // Items still to read in each open container; `remaining` is the innermost.
-    let mut open = [0u64; MAX_TRACKED_DEPTH];
+    let mut shallow = [0u64; SHALLOW_DEPTH];
+    let mut deep: Vec<u64> = Vec::new();
     let mut depth = 0usize;
     let mut remaining: u64 = 1;
     let mut pos = 0usize;
     let malformed = DecodeError::Malformed { max_depth };
+    // Reads a big-endian length field of `width` bytes at `pos` and moves past it.
+    let length = |pos: &mut usize, width: usize| -> Result<u64, DecodeError> {
+        let bytes = data.get(*pos..*pos + width).ok_or(DecodeError::Truncated)?;
+        *pos += width;
+        Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
+    };
     loop {
         if remaining == 0 {
             if depth == 0 {
                 return Ok(pos);
             }
             depth -= 1;
-            remaining = open[depth];
+            remaining = match depth < SHALLOW_DEPTH {
+                true => shallow[depth],
+                false => deep.pop().ok_or(malformed.clone())?,
+            };
             continue;
         }
         remaining -= 1;
         let marker = *data.get(pos).ok_or(DecodeError::Truncated)?;
         pos += 1;
-        let uint = |pos: usize, n: usize| -> Result<u64, DecodeError> {
-            let bytes = data.get(pos..pos + n).ok_or(DecodeError::Truncated)?;
-            Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
-        };
         // (bytes to skip after the marker and any length field, items of a container)
         let (skip, items): (u64, u64) = match marker {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
@@ -78,13 +95,13 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
             0xa0..=0xbf => ((marker & 0x1f) as u64, 0),
             0xc1 => return Err(malformed),
             // bin8/16/32, str8/16/32: a length, then that many bytes.
-            0xc4 | 0xd9 => (uint(pos, 1)?, 0).tap(|_| pos += 1),
-            0xc5 | 0xda => (uint(pos, 2)?, 0).tap(|_| pos += 2),
-            0xc6 | 0xdb => (uint(pos, 4)?, 0).tap(|_| pos += 4),
+            0xc4 | 0xd9 => (length(&mut pos, 1)?, 0),
+            0xc5 | 0xda => (length(&mut pos, 2)?, 0),
+            0xc6 | 0xdb => (length(&mut pos, 4)?, 0),
             // ext8/16/32: a length, a type byte, then the data.
-            0xc7 => (uint(pos, 1)? + 1, 0).tap(|_| pos += 1),
-            0xc8 => (uint(pos, 2)? + 1, 0).tap(|_| pos += 2),
-            0xc9 => (uint(pos, 4)? + 1, 0).tap(|_| pos += 4),
+            0xc7 => (length(&mut pos, 1)? + 1, 0),
+            0xc8 => (length(&mut pos, 2)? + 1, 0),
+            0xc9 => (length(&mut pos, 4)? + 1, 0),
             0xca => (4, 0),
             0xcb => (8, 0),
             0xcc | 0xd0 => (1, 0),
@@ -97,10 +114,11 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
             0xd6 => (5, 0),
             0xd7 => (9, 0),
             0xd8 => (17, 0),
-            0xdc => (0, uint(pos, 2)?).tap(|_| pos += 2),
-            0xdd => (0, uint(pos, 4)?).tap(|_| pos += 4),
-            0xde => (0, 2 * uint(pos, 2)?).tap(|_| pos += 2),
-            0xdf => (0, 2 * uint(pos, 4)?).tap(|_| pos += 4),
+            // array16/32, map16/32: a count, then that many items (two per map entry).
+            0xdc => (0, length(&mut pos, 2)?),
+            0xdd => (0, length(&mut pos, 4)?),
+            0xde => (0, 2 * length(&mut pos, 2)?),
+            0xdf => (0, 2 * length(&mut pos, 4)?),
         };
         let left = (data.len() - pos.min(data.len())) as u64;
         if skip > left {
@@ -116,21 +134,15 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
             if depth >= max_depth {
                 return Err(malformed);
             }
-            open[depth] = remaining;
+            match depth < SHALLOW_DEPTH {
+                true => shallow[depth] = remaining,
+                false => deep.push(remaining),
+            }
             depth += 1;
             remaining = items;
         }
     }
 }
-
-/// `(value).tap(|_| side effect)`: keeps the length-field arms of [`value_len`] one line each.
-trait Tap: Sized {
-    fn tap(self, f: impl FnOnce(&Self)) -> Self {
-        f(&self);
-        self
-    }
-}
-impl<T> Tap for T {}
 
 /// Checks that `body` is exactly one MessagePack value within the depth limit.
 pub fn prescan(body: &[u8], max_depth: usize) -> Result<(), DecodeError> {
@@ -356,6 +368,20 @@ mod tests {
         let mut deep = vec![0x91u8; 65];
         deep.push(0xc0);
         assert!(matches!(value_len(&deep, 64), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn siblings_after_deep_containers_are_counted() {
+        // 40 nested two-element arrays: [[[..[1, 1]..], 3], 3]; the levels below 16 live on
+        // the stack, the deeper ones on the heap, and every level's second item follows its
+        // first on the way back out.
+        let mut value = vec![0x92u8; 40];
+        value.extend_from_slice(&[0x01, 0x01]);
+        value.extend(std::iter::repeat_n(0x03, 39));
+        let len = value.len();
+        value.push(0xff);
+        assert_eq!(value_len(&value, 64), Ok(len));
+        assert_eq!(value_len(&value[..len - 1], 64), Err(DecodeError::Truncated));
     }
 
     #[test]
