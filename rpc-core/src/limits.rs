@@ -47,6 +47,13 @@ pub struct Limits {
     /// remote's advertised budget, for which calls wait). Default 10 000; one more fails
     /// with `Busy`.
     pub max_outbound_calls: usize,
+    /// Calls whose arguments hold at most this many MessagePack values (each element, map
+    /// key and value counts) start on the connection's read loop: a handler that answers
+    /// without waiting then costs no task at all, and its answer leaves with the batch of
+    /// that read. Larger calls start in a task of their own, so that decoding them runs
+    /// beside the connection's other calls. Default 4096; 0 starts every call in its own
+    /// task (for handlers that compute for long before their first `.await`).
+    pub max_inline_values: u64,
     /// Open streams (subscriptions) per connection. Default 1024; one more → `Busy`.
     pub max_streams: usize,
     /// Items a stream's producer may run ahead of its consumer. Default 256 (credit is
@@ -113,6 +120,7 @@ impl Default for Limits {
             max_depth: 64,
             max_calls_in_flight: 100,
             max_outbound_calls: 10_000,
+            max_inline_values: 4096,
             max_streams: 1024,
             stream_window: 256,
             max_outbound_queue: 8 << 20,
@@ -168,6 +176,8 @@ setters! {
     max_calls_in_flight: usize,
     /// Sets [`Limits::max_outbound_calls`].
     max_outbound_calls: usize,
+    /// Sets [`Limits::max_inline_values`].
+    max_inline_values: u64,
     /// Sets [`Limits::max_streams`].
     max_streams: usize,
     /// Sets [`Limits::stream_window`].

@@ -445,6 +445,18 @@ impl Security for Policy {
     }
 }
 
+/// A policy with a bug: its access check panics for `whoami`.
+struct PanickingAccess;
+
+impl Security for PanickingAccess {
+    async fn has_controller_access(&self, _: &Session, access: &ControllerAccess<'_>) -> bool {
+        if access.action() == "whoami" {
+            panic!("policy bug");
+        }
+        true
+    }
+}
+
 /// Overrides only `authenticate`: every other method keeps the trait's default.
 struct TokensOnly(Arc<Fixture>);
 
@@ -547,6 +559,12 @@ fn setup_transform() -> RpcKernel {
 fn setup_middleware() -> RpcKernel {
     let kernel = with_policy(true, false, false, false);
     kernel.add_middleware(Audit(fixture())).add_middleware(Gate).add_middleware(Trace);
+    kernel
+}
+
+fn setup_panicking_access() -> RpcKernel {
+    let (kernel, _) = bank_kernel();
+    kernel.set_security(PanickingAccess);
     kernel
 }
 
@@ -1342,6 +1360,23 @@ async fn middleware_sees_a_panicking_call_as_internal() {
             f.audit(),
             vec![("panics".to_string(), "anonymous".to_string(), Err(ErrorKind::Internal))]
         );
+        h.shutdown().await;
+    })
+    .await;
+}
+
+/// The access check runs before the handler, on the connection's read loop when the call
+/// is small: its panic must become that call's `Internal` answer, not the connection's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_access_check_fails_only_its_call() {
+    over_every_transport(setup_panicking_access, |h| async move {
+        let client = h.client();
+        let bank = bank(&client);
+        let e = error_of(bank.whoami().await, "whoami under a panicking policy");
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(e.correlation_id().is_some(), "logged under a correlation id: {e}");
+        let runs = bank.public().await.expect("the connection goes on");
+        assert!(runs >= 1);
         h.shutdown().await;
     })
     .await;

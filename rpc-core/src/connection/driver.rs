@@ -195,7 +195,14 @@ async fn write_loop<W: TransportWriter>(shared: Arc<ConnShared>, mut writer: W) 
     let write_timeout = shared.limits.write_timeout;
     while let Some((batch, frames)) = shared.outbox.take().await {
         let len = batch.len();
-        match tokio::time::timeout(write_timeout, writer.write(batch)).await {
+        // Most writes complete in their first poll (the socket has room): the write timer
+        // is armed only for one that has to wait.
+        let mut write = std::pin::pin!(writer.write(batch));
+        let written = match futures::poll!(write.as_mut()) {
+            std::task::Poll::Ready(result) => Ok(result),
+            std::task::Poll::Pending => tokio::time::timeout(write_timeout, write).await,
+        };
+        match written {
             Ok(Ok(())) => shared.kernel.stats_sent(frames, len as u64),
             Ok(Err(e)) => {
                 shared.outbox.abort();

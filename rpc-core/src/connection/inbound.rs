@@ -249,8 +249,30 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         conn.send_credit(id, conn.limits.stream_window.max(1));
     }
     let names = (resolved.controller_name, resolved.action.name);
+    // Each value takes at least one byte: short arguments need no count.
+    let inline_max = conn.limits.max_inline_values;
+    let inline = inline_max > 0
+        && (args.len() as u64 <= inline_max
+            || codec::scan_value(&args, conn.limits.depth_limit())
+                .is_ok_and(|(_, values)| values <= inline_max));
     let call = run_call(guard, resolved.controller, resolved.index, args, responder, deadline);
-    run_inline_or_spawn(conn, id, names, call);
+    match inline {
+        true => run_inline_or_spawn(conn, id, names, call),
+        false => spawn_call(conn, id, Box::pin(call)),
+    }
+}
+
+/// Runs call `id` in a task of its own, abortable through its table entry.
+fn spawn_call(
+    conn: &Arc<ConnShared>,
+    id: u32,
+    call: std::pin::Pin<Box<impl Future<Output = ()> + Send + 'static>>,
+) {
+    let task = tokio::spawn(call);
+    // The call may already have finished (on another worker) and left the table.
+    if let Some(Inbound::Local { abort, .. }) = conn.inbound.lock().get_mut(&id) {
+        *abort = Some(task.abort_handle());
+    }
 }
 
 /// Polls a call once right here, on the read loop; a call that must wait continues in a
@@ -260,7 +282,9 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
 /// allocate, schedule and tear down, and their answer joins the batch the writer sends for
 /// this read. A handler that waits (I/O, a lock, a timer) costs one task, as before. The
 /// price: a handler's synchronous work before its first `.await` delays the frames behind
-/// it on this connection, so long CPU-bound work belongs in `spawn_blocking`.
+/// it on this connection, so long CPU-bound work belongs in `spawn_blocking` (or set
+/// [`Limits::max_inline_values`](crate::Limits::max_inline_values) to 0). Calls with large
+/// arguments never come here: decoding them would hold up the read loop.
 fn run_inline_or_spawn(
     conn: &Arc<ConnShared>,
     id: u32,
@@ -274,13 +298,7 @@ fn run_inline_or_spawn(
     let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
     match polled {
         Ok(std::task::Poll::Ready(())) => {}
-        Ok(std::task::Poll::Pending) => {
-            let task = tokio::spawn(call);
-            // The call may already have finished (on another worker) and left the table.
-            if let Some(Inbound::Local { abort, .. }) = conn.inbound.lock().get_mut(&id) {
-                *abort = Some(task.abort_handle());
-            }
-        }
+        Ok(std::task::Poll::Pending) => spawn_call(conn, id, call),
         Err(panic) => {
             // Handler panics are caught inside the call; this is the policy's check or a
             // middleware layer. Dropping the call releases its slot.

@@ -58,6 +58,18 @@ const SHALLOW_DEPTH: usize = 16;
 /// assert!(value_len(&[0xa5, b'x'], 64).is_err()); // a 5-byte string with 1 byte present
 /// ```
 pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
+    scan_value(data, max_depth).map(|(len, _)| len)
+}
+
+/// As [`value_len`], also counting the values met (the value itself, its elements, map keys
+/// and values, at every depth): a measure of what decoding it will cost.
+///
+/// ```
+/// use rpc_core::protocol::codec::scan_value;
+///
+/// assert_eq!(scan_value(&[0x92, 0x01, 0xa1, b'x'], 64), Ok((4, 3))); // the array and 2 items
+/// ```
+pub fn scan_value(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeError> {
     let max_depth = max_depth.min(MAX_TRACKED_DEPTH);
     // Items still to read in each open container; `remaining` is the innermost.
     let mut shallow = [0u64; SHALLOW_DEPTH];
@@ -65,6 +77,7 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
     let mut depth = 0usize;
     let mut remaining: u64 = 1;
     let mut pos = 0usize;
+    let mut values = 0u64;
     let malformed = DecodeError::Malformed { max_depth };
     // Reads a big-endian length field of `width` bytes at `pos` and moves past it.
     let length = |pos: &mut usize, width: usize| -> Result<u64, DecodeError> {
@@ -75,7 +88,7 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
     loop {
         if remaining == 0 {
             if depth == 0 {
-                return Ok(pos);
+                return Ok((pos, values));
             }
             depth -= 1;
             remaining = match depth < SHALLOW_DEPTH {
@@ -85,6 +98,7 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
             continue;
         }
         remaining -= 1;
+        values += 1;
         let marker = *data.get(pos).ok_or(DecodeError::Truncated)?;
         pos += 1;
         // (bytes to skip after the marker and any length field, items of a container)
