@@ -161,6 +161,10 @@ impl Responder {
                 granted += 1;
             }
             granted -= 1;
+            // One unit of the task's cooperative budget per item (as the per-item credit
+            // acquire used to take): a producer whose stream is always ready still yields
+            // regularly, so the writer drains the queue between its batches.
+            tokio::task::consume_budget().await;
             match stream.next().await {
                 Some(Ok(item)) => {
                     let queued = self.conn.queue_message(Kind::Item, self.id, None, |buf| {
