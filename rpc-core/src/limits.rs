@@ -47,8 +47,8 @@ pub struct Limits {
     /// remote's advertised budget, for which calls wait). Default 10 000; one more fails
     /// with `Busy`.
     pub max_outbound_calls: usize,
-    /// Calls whose arguments hold at most this many MessagePack values (each element, map
-    /// key and value counts) start on the connection's read loop: a handler that answers
+    /// Calls whose arguments hold at most this many MessagePack values (the argument array,
+    /// each element, map key and value count) start on the connection's read loop: a handler that answers
     /// without waiting then costs no task at all, and its answer leaves with the batch of
     /// that read. Larger calls start in a task of their own, so that decoding them runs
     /// beside the connection's other calls. Default 4096; 0 starts every call in its own

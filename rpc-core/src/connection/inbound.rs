@@ -249,25 +249,16 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         conn.send_credit(id, conn.limits.stream_window.max(1));
     }
     let names = (resolved.controller_name, resolved.action.name);
-    // Each value takes at least one byte: short arguments need no count.
-    let inline_max = conn.limits.max_inline_values;
-    let inline = inline_max > 0
-        && (args.len() as u64 <= inline_max
-            || codec::scan_value(&args, conn.limits.depth_limit())
-                .is_ok_and(|(_, values)| values <= inline_max));
+    let inline = head.arg_values <= conn.limits.max_inline_values;
     let call = run_call(guard, resolved.controller, resolved.index, args, responder, deadline);
     match inline {
         true => run_inline_or_spawn(conn, id, names, call),
-        false => spawn_call(conn, id, Box::pin(call)),
+        false => spawn_call(conn, id, call),
     }
 }
 
 /// Runs call `id` in a task of its own, abortable through its table entry.
-fn spawn_call(
-    conn: &Arc<ConnShared>,
-    id: u32,
-    call: std::pin::Pin<Box<impl Future<Output = ()> + Send + 'static>>,
-) {
+fn spawn_call(conn: &Arc<ConnShared>, id: u32, call: impl Future<Output = ()> + Send + 'static) {
     let task = tokio::spawn(call);
     // The call may already have finished (on another worker) and left the table.
     if let Some(Inbound::Local { abort, .. }) = conn.inbound.lock().get_mut(&id) {

@@ -93,7 +93,7 @@ pub fn scan_value(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeE
             depth -= 1;
             remaining = match depth < SHALLOW_DEPTH {
                 true => shallow[depth],
-                false => deep.pop().ok_or(malformed.clone())?,
+                false => deep.pop().ok_or_else(|| malformed.clone())?,
             };
             continue;
         }

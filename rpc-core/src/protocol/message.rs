@@ -136,6 +136,9 @@ pub struct CallHead<'a> {
     pub action: &'a str,
     /// The argument array, still encoded.
     pub args: &'a [u8],
+    /// Values in the arguments (the array, every element, map key and value), counted by the
+    /// scan that checked them: a measure of what decoding them will cost.
+    pub arg_values: u64,
     /// The caller's deadline, relative, in milliseconds.
     pub timeout_ms: Option<u64>,
     /// Items the callee may send on a result stream before waiting for credit.
@@ -149,7 +152,7 @@ impl<'a> CallHead<'a> {
         let n = read_array(&mut rest, 3, "Call")?;
         let controller = read_str(&mut rest, "Call")?;
         let action = read_str(&mut rest, "Call")?;
-        let len = codec::value_len(rest, max_depth)?;
+        let (len, arg_values) = codec::scan_value(rest, max_depth)?;
         let (args, tail) = rest.split_at(len);
         rest = tail;
         let timeout_ms = if n >= 4 { read_opt_uint(&mut rest, "Call")? } else { None };
@@ -163,7 +166,7 @@ impl<'a> CallHead<'a> {
         if !rest.is_empty() {
             return Err(DecodeError::Trailing(rest.len()));
         }
-        Ok(CallHead { controller, action, args, timeout_ms, window })
+        Ok(CallHead { controller, action, args, arg_values, timeout_ms, window })
     }
 
     /// Writes everything but the arguments: the caller appends the argument array, then
