@@ -56,8 +56,12 @@ pub struct Limits {
     pub max_inline_values: u64,
     /// Open streams (subscriptions) per connection. Default 1024; one more → `Busy`.
     pub max_streams: usize,
-    /// Items a stream's producer may run ahead of its consumer. Default 256 (credit is
-    /// returned in halves of it: the producer waits a round trip every 128 items at most).
+    /// Credit a stream's producer may run ahead of its consumer, in bytes: each item costs its
+    /// encoded size plus 64 ([`stream_item_cost`](crate::protocol::message::stream_item_cost)).
+    /// Default 256 KiB: about 4 000 small items or four 64 KiB ones, so a fast stream of
+    /// small items does not wait on a round trip every few hundred, and an unread stream
+    /// holds at most this much (plus one item) in the consumer's memory. Credit is returned
+    /// in halves of it. A caller may ask a callee for up to 16 times the callee's own.
     pub stream_window: u32,
     /// Outbound bytes queued for a connection that does not read, above which it is closed as
     /// a slow consumer (`GoAway` code `SlowConsumer`). Default 8 MiB.
@@ -122,7 +126,7 @@ impl Default for Limits {
             max_outbound_calls: 10_000,
             max_inline_values: 4096,
             max_streams: 1024,
-            stream_window: 256,
+            stream_window: 256 << 10,
             max_outbound_queue: 8 << 20,
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

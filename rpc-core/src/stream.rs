@@ -6,18 +6,20 @@
 //! subscription; it yields `Result<T, RpcError>` items, ends at completion, yields one `Err`
 //! and ends on failure, and unsubscribes when dropped.
 //!
-//! Flow control: the server sends at most a window of items (default
-//! [`Limits::stream_window`](crate::Limits)) beyond what the client has consumed; the client
-//! grants more credit as it consumes. An unread stream stalls only its own producer.
+//! Flow control: the server sends at most a window of credit (default
+//! [`Limits::stream_window`](crate::Limits), 256 KiB; an item costs its encoded size plus 64
+//! bytes) beyond what the client has consumed; the client grants more credit as it consumes.
+//! Small items thus run thousands deep, large ones a few, and an unread stream stalls only
+//! its own producer, holding at most a window (plus one item) in the client's memory.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 
 use futures::Stream;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::connection::ConnShared;
@@ -33,34 +35,74 @@ use crate::protocol::message;
 /// ignores flow control is a protocol violation, never unbounded buffering.
 pub(crate) struct StreamSender {
     tx: mpsc::UnboundedSender<Frame>,
-    allowance: Arc<AtomicU32>,
+    allowance: Arc<AtomicI64>,
 }
 
 /// An item arrived beyond the granted credit.
 pub(crate) struct Overrun;
 
 impl StreamSender {
-    /// A channel whose sender may deliver `window` items before credit is granted.
+    /// A channel whose sender may deliver `window` credit of items before more is granted.
     pub(crate) fn channel(
         window: u32,
-    ) -> (StreamSender, mpsc::UnboundedReceiver<Frame>, Arc<AtomicU32>) {
+    ) -> (StreamSender, mpsc::UnboundedReceiver<Frame>, Arc<AtomicI64>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let allowance = Arc::new(AtomicU32::new(window));
+        let allowance = Arc::new(AtomicI64::new(window as i64));
         (StreamSender { tx, allowance: allowance.clone() }, rx, allowance)
     }
 
-    /// Delivers a frame; an Item only if credit allows it.
+    /// Delivers a frame; an Item only while some credit is left (an item may overdraw the
+    /// rest, as its producer may send it holding any credit at all).
     pub(crate) fn send(&self, frame: Frame) -> Result<(), Overrun> {
         if frame.kind == Kind::Item {
+            let cost = message::stream_item_cost(frame.body.len()) as i64;
             let took = self
                 .allowance
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > 0).then(|| n - cost));
             if took.is_err() {
                 return Err(Overrun);
             }
         }
         let _ = self.tx.send(frame);
         Ok(())
+    }
+}
+
+/// A stream producer's side of the credit its consumer grants (result streams on the callee,
+/// argument streams on the caller). Credit arrives as semaphore permits; the producer takes
+/// all there is in one operation and spends it item by item. An item may be sent while any
+/// credit is left, and its whole cost is charged, so the balance may go below zero: the
+/// producer then waits until grants lift it above zero again.
+pub(crate) struct CreditGate {
+    granted: Arc<Semaphore>,
+    balance: i64,
+}
+
+/// The consumer is gone (its credit semaphore was closed with the call).
+pub(crate) struct CreditClosed;
+
+impl CreditGate {
+    pub(crate) fn new(granted: Arc<Semaphore>) -> CreditGate {
+        CreditGate { granted, balance: 0 }
+    }
+
+    /// Waits until some credit is left.
+    pub(crate) async fn ready(&mut self) -> Result<(), CreditClosed> {
+        while self.balance <= 0 {
+            self.granted.acquire().await.map_err(|_| CreditClosed)?.forget();
+            let more = self.granted.available_permits().min(u32::MAX as usize) as u32;
+            if let Ok(permits) = self.granted.try_acquire_many(more) {
+                permits.forget();
+                self.balance += more as i64;
+            }
+            self.balance += 1;
+        }
+        Ok(())
+    }
+
+    /// Charges an item whose body is `body_len` bytes.
+    pub(crate) fn spend(&mut self, body_len: usize) {
+        self.balance -= message::stream_item_cost(body_len) as i64;
     }
 }
 
@@ -144,7 +186,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
         window: u32,
         slot: OwnedSemaphorePermit,
         producer: Option<AbortHandle>,
-        allowance: Arc<AtomicU32>,
+        allowance: Arc<AtomicI64>,
     ) -> RpcStream<T> {
         let direction = Direction::Result { slot: Some(slot), producer };
         RpcStream::remote(rx, conn, id, window, direction, allowance)
@@ -156,7 +198,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
         conn: Arc<ConnShared>,
         id: u32,
         window: u32,
-        allowance: Arc<AtomicU32>,
+        allowance: Arc<AtomicI64>,
     ) -> RpcStream<T> {
         RpcStream::remote(rx, conn, id, window, Direction::Arguments, allowance)
     }
@@ -167,7 +209,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
         id: u32,
         window: u32,
         direction: Direction,
-        allowance: Arc<AtomicU32>,
+        allowance: Arc<AtomicI64>,
     ) -> RpcStream<T> {
         RpcStream {
             inner: Inner::Remote(RemoteStream {
@@ -224,11 +266,12 @@ struct RemoteStream<T> {
     conn: Arc<ConnShared>,
     id: u32,
     window: u32,
-    consumed: u32,
+    /// Credit consumed since the last grant.
+    consumed: u64,
     done: bool,
     direction: Direction,
-    /// Items the remote may still send (shared with the read loop's [`StreamSender`]).
-    allowance: Arc<AtomicU32>,
+    /// Credit the remote has left (shared with the read loop's [`StreamSender`]).
+    allowance: Arc<AtomicI64>,
     /// Decodes an item (the stream type itself needs no `DeserializeOwned` bound, so the
     /// server can hold `RpcStream<T>` for any serializable `T`).
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
@@ -260,9 +303,9 @@ impl<T> RemoteStream<T> {
         };
         match frame.kind {
             Kind::Item => {
-                self.consumed += 1;
-                if self.consumed >= (self.window / 2).max(1) {
-                    self.allowance.fetch_add(self.consumed, Ordering::AcqRel);
+                self.consumed += message::stream_item_cost(frame.body.len());
+                if self.consumed >= (self.window as u64 / 2).max(1) {
+                    self.allowance.fetch_add(self.consumed as i64, Ordering::AcqRel);
                     self.conn.send_credit(self.id, self.consumed);
                     self.consumed = 0;
                 }
@@ -299,5 +342,47 @@ impl<T> Drop for RemoteStream<T> {
             self.conn.cancel_outbound(self.id);
         }
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn item(len: usize) -> Frame {
+        Frame { kind: Kind::Item, id: 1, route: None, body: Bytes::from(vec![0u8; len]) }
+    }
+
+    #[test]
+    fn an_item_may_overdraw_the_credit_left_but_none_follows_it() {
+        let (tx, mut rx, allowance) = StreamSender::channel(100);
+        assert!(tx.send(item(10)).is_ok(), "74 of 100 spent");
+        assert!(tx.send(item(1000)).is_ok(), "26 left: a large item still goes");
+        assert_eq!(allowance.load(Ordering::Acquire), 100 - 74 - 1064);
+        assert!(tx.send(item(1)).is_err(), "no credit left: an overrun");
+        // End and Error frames need no credit.
+        let end = Frame { kind: Kind::End, id: 1, route: None, body: Bytes::new() };
+        assert!(tx.send(end).is_ok());
+        assert_eq!(rx.try_recv().map(|f| f.body.len()).ok(), Some(10));
+    }
+
+    #[tokio::test]
+    async fn the_gate_waits_until_grants_lift_the_balance_above_zero() {
+        let granted = Arc::new(Semaphore::new(100));
+        let mut gate = CreditGate::new(granted.clone());
+        assert!(gate.ready().await.is_ok());
+        gate.spend(1000); // 100 - 1064
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), gate.ready());
+        assert!(waiting.await.is_err(), "overdrawn: waits");
+        granted.add_permits(964);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), gate.ready());
+        assert!(waiting.await.is_err(), "back to exactly zero: still waits");
+        granted.add_permits(1);
+        assert!(gate.ready().await.is_ok());
+        granted.close();
+        gate.spend(1);
+        assert!(gate.ready().await.is_err(), "the consumer is gone");
     }
 }

@@ -185,6 +185,12 @@ fn state() -> Arc<State> {
 }
 
 /// Awaits `f`, failing the test if it takes longer than `d`.
+/// The most small items (`u64` counters, each at least 65 bytes of credit) that fit in a
+/// stream window of `bytes`, plus the one item a producer may overdraw it by.
+fn window_of_small_items(bytes: u32) -> usize {
+    bytes as usize / rpc_core::protocol::message::stream_item_cost(1) as usize + 1
+}
+
 async fn within<F: std::future::Future>(d: Duration, what: &str, f: F) -> F::Output {
     match timeout(d, f).await {
         Ok(out) => out,
@@ -341,11 +347,13 @@ transport_tests! {
 
     async fn two_hundred_streams_open_at_once(h: Harness) {
         // All 200 subscriptions are open before any is read (Limits::max_streams is 1024
-        // per connection). Each stream is longer than the window, so no producer can finish
+        // per connection). Each stream is longer than the window this client asks for (its
+        // small items cost at least 65 bytes of credit each), so no producer can finish
         // before its reader starts.
-        let client = h.client();
+        let window = 4 << 10;
+        let client = h.client_with(Limits::default().stream_window(window));
         let p = client.controller::<StreamsClient>();
-        let longer = Limits::default().stream_window as u64 + 1;
+        let longer = window_of_small_items(window) as u64 + 1;
         let opens = (0..200u64).map(|i| {
             let p = p.clone();
             async move { p.count(longer + i).await }
@@ -387,7 +395,7 @@ transport_tests! {
 
     async fn slow_reader_pauses_the_producer(h: Harness) {
         let state = state();
-        let window = Limits::default().stream_window as usize;
+        let window = window_of_small_items(Limits::default().stream_window);
         let client = h.client();
         let p = client.controller::<StreamsClient>();
         let mut stream = p.flood(10_000_000).await.unwrap();
@@ -413,12 +421,36 @@ transport_tests! {
         assert!(eventually(Duration::from_secs(1), || state.dropped.load(SeqCst) == 1).await);
     }
 
-    async fn unread_stream_does_not_delay_calls(h: Harness) {
+    async fn the_window_counts_bytes_so_large_items_stay_few(h: Harness) {
+        // 64 KiB items against the default 256 KiB window: a paused reader holds about four
+        // of them, not a window of 256 items (16 MiB) as an item-counted window would.
         let state = state();
-        let window = Limits::default().stream_window as usize;
         let client = h.client();
         let p = client.controller::<StreamsClient>();
-        // 32 KiB items: a full window is 2 MiB in flight toward a reader that does not read.
+        let mut stream = p.blobs(64 << 10).await.unwrap();
+        assert_eq!(next(&mut stream).await.unwrap().unwrap().len(), 64 << 10);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let paused = state.produced.load(SeqCst);
+        let per_window = Limits::default().stream_window as usize / (64 << 10);
+        assert!(
+            (per_window..=per_window + 2).contains(&paused),
+            "{paused} items of 64 KiB made for a paused reader; expected one read plus a \
+             window of {per_window} (and one overdrawn)"
+        );
+        // Reading on resumes it.
+        for _ in 0..20 {
+            assert_eq!(next(&mut stream).await.unwrap().unwrap().len(), 64 << 10);
+        }
+        assert!(state.produced.load(SeqCst) > 20);
+    }
+
+    async fn unread_stream_does_not_delay_calls(h: Harness) {
+        let state = state();
+        // 32 KiB items (each costs a little more than 32 KiB of credit): a full window of
+        // them is in flight toward a reader that does not read.
+        let window = Limits::default().stream_window as usize / ((32 << 10) + 128);
+        let client = h.client();
+        let p = client.controller::<StreamsClient>();
         let unread = p.blobs(32 << 10).await.unwrap();
         assert!(
             eventually(Duration::from_secs(5), || state.produced.load(SeqCst) >= window).await,

@@ -19,7 +19,7 @@ use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::message::{self, CallHead};
-use crate::stream::{RpcStream, StreamSender};
+use crate::stream::{CreditGate, RpcStream, StreamSender};
 
 /// A call this side has outstanding.
 pub(crate) struct Pending {
@@ -419,18 +419,20 @@ async fn produce_arguments<T: Serialize + Send + 'static>(
     credit: Arc<Semaphore>,
     mut input: RpcStream<T>,
 ) {
+    let mut credit = CreditGate::new(credit);
     loop {
-        match credit.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return,
+        if credit.ready().await.is_err() {
+            return;
         }
         match input.next().await {
             Some(Ok(item)) => {
-                let queued =
-                    conn.queue_message(Kind::Item, id, None, |buf| codec::encode_into(buf, &item));
+                let queued = conn.queue_item(id, &item);
                 drop(item);
                 let sent = match queued {
-                    Ok(oversize) => conn.finish_message(id, oversize).await,
+                    Ok((len, oversize)) => {
+                        credit.spend(len);
+                        conn.finish_message(id, oversize).await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = sent {
@@ -536,7 +538,7 @@ pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
 /// the caller of a routed call).
 pub(crate) fn on_credit(conn: &Arc<ConnShared>, frame: Frame) {
     let n = match message::decode_uint(&frame.body) {
-        Ok(n) => n.min(1 << 20) as usize,
+        Ok(n) => n.min(u32::MAX as u64) as usize,
         Err(_) => return conn.protocol_error(frame.id, "malformed Credit"),
     };
     let table = conn.outbound.lock();

@@ -14,6 +14,7 @@ use super::inbound::Inbound;
 use crate::client::Progress;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::chunk::{self, ChunkError, Reassembly};
+use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind, parse_frame};
 use crate::protocol::message;
 
@@ -102,6 +103,24 @@ impl ConnShared {
                 Err(e)
             }
         }
+    }
+
+    /// Queues one stream item on call `id`: returns its body's length (what the stream's
+    /// credit is charged) and, for an item above the chunk size, the frame
+    /// [`ConnShared::finish_message`] must send in chunks.
+    pub(crate) fn queue_item<T: serde::Serialize + ?Sized>(
+        &self,
+        id: u32,
+        item: &T,
+    ) -> Result<(usize, Option<Bytes>), RpcError> {
+        let mut len = 0;
+        let oversize = self.queue_message(Kind::Item, id, None, |buf| {
+            let start = buf.len();
+            codec::encode_into(buf, item)?;
+            len = buf.len() - start;
+            Ok(())
+        })?;
+        Ok((len, oversize))
     }
 
     /// Sends what [`ConnShared::queue_message`] handed back, if anything.

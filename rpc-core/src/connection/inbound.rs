@@ -245,8 +245,8 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     table.insert(id, Inbound::Local { abort: None, credit, args: args_tx });
     drop(table);
     if kind.streams_in() {
-        // The caller may start its argument stream: one window of items.
-        conn.send_credit(id, conn.limits.stream_window.max(1));
+        // The caller may start its argument stream: one window of credit.
+        conn.send_credit(id, conn.limits.stream_window.max(1) as u64);
     }
     let names = (resolved.controller_name, resolved.action.name);
     let inline = head.arg_values <= conn.limits.max_inline_values;
@@ -541,7 +541,7 @@ pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
 /// Handles a Credit for a result stream this side produces.
 pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
     let n = match message::decode_uint(&frame.body) {
-        Ok(n) => n.min(1 << 20) as usize,
+        Ok(n) => n.min(u32::MAX as u64) as usize,
         Err(_) => return conn.protocol_error(frame.id, "malformed Credit"),
     };
     let table = conn.inbound.lock();

@@ -317,9 +317,9 @@ impl ConnShared {
     }
 
     /// Grants the producer of call `id` `n` more items.
-    pub(crate) fn send_credit(&self, id: u32, n: u32) {
+    pub(crate) fn send_credit(&self, id: u32, n: u64) {
         let _ = self.outbox.push(Kind::Credit, id, None, |buf| {
-            message::encode_uint(buf, n as u64);
+            message::encode_uint(buf, n);
             Ok(())
         });
     }

@@ -5,7 +5,7 @@
 //! that panics or is cancelled never reaches that call: the kernel answers for it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -19,7 +19,7 @@ use crate::kernel::context::Context;
 use crate::kernel::controller::ActionError;
 use crate::protocol::codec::{self, ArgsReader};
 use crate::protocol::frame::{Frame, Kind};
-use crate::stream::RpcStream;
+use crate::stream::{CreditGate, RpcStream};
 
 /// Proof that an action's answer has been queued, with how the call ended (what
 /// middleware and events see).
@@ -53,7 +53,7 @@ pub struct Responder {
     /// The window granted to the caller's result stream (announced in StreamOpen).
     pub(crate) window: u32,
     /// The caller's argument stream, until the handler takes it.
-    pub(crate) args: parking_lot::Mutex<Option<(mpsc::UnboundedReceiver<Frame>, Arc<AtomicU32>)>>,
+    pub(crate) args: parking_lot::Mutex<Option<(mpsc::UnboundedReceiver<Frame>, Arc<AtomicI64>)>>,
 }
 
 impl Responder {
@@ -142,37 +142,25 @@ impl Responder {
         }
         self.conn.kernel.stats_stream_opened();
         let _open = StreamGauge(self.conn.kernel.clone());
-        // Items the consumer has granted and this loop has taken but not yet sent.
-        let mut granted = 0usize;
+        let mut credit = CreditGate::new(credit);
         loop {
-            // Credit first: the producer never runs ahead of what the consumer granted. All
-            // the credit there is is taken at once: one semaphore operation per batch of
-            // items, not per item.
-            if granted == 0 {
-                match credit.acquire().await {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => return Replied::failed(ErrorKind::Disconnected),
-                }
-                let more = credit.available_permits().min(u32::MAX as usize);
-                if let Ok(permits) = credit.try_acquire_many(more as u32) {
-                    permits.forget();
-                    granted += more;
-                }
-                granted += 1;
+            // Credit first: the producer never runs ahead of what the consumer granted.
+            if credit.ready().await.is_err() {
+                return Replied::failed(ErrorKind::Disconnected);
             }
-            granted -= 1;
-            // One unit of the task's cooperative budget per item (as the per-item credit
-            // acquire used to take): a producer whose stream is always ready still yields
-            // regularly, so the writer drains the queue between its batches.
+            // One unit of the task's cooperative budget per item: a producer whose stream is
+            // always ready still yields regularly, so the writer drains the queue between
+            // its batches.
             tokio::task::consume_budget().await;
             match stream.next().await {
                 Some(Ok(item)) => {
-                    let queued = self.conn.queue_message(Kind::Item, self.id, None, |buf| {
-                        codec::encode_into(buf, &item)
-                    });
+                    let queued = self.conn.queue_item(self.id, &item);
                     drop(item);
                     let pushed = match queued {
-                        Ok(oversize) => self.conn.finish_message(self.id, oversize).await,
+                        Ok((len, oversize)) => {
+                            credit.spend(len);
+                            self.conn.finish_message(self.id, oversize).await
+                        }
                         Err(e) => Err(e),
                     };
                     if let Err(e) = pushed {

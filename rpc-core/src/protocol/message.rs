@@ -321,6 +321,22 @@ impl GoAway {
     }
 }
 
+/// What one stream Item costs in credit (`PROTOCOL.md` §9): its body's length plus a fixed
+/// 64 for what the receiver holds per queued item besides the body. Counting bytes, not
+/// items, lets a window of tiny items run thousands deep while a window of large items stays
+/// a few of them, so one setting bounds the receiver's memory whatever the item size.
+///
+/// ```
+/// use rpc_core::protocol::message::stream_item_cost;
+/// assert_eq!(stream_item_cost(1), 65);
+/// ```
+pub fn stream_item_cost(body_len: usize) -> u64 {
+    body_len as u64 + STREAM_ITEM_OVERHEAD
+}
+
+/// The fixed part of [`stream_item_cost`].
+pub const STREAM_ITEM_OVERHEAD: u64 = 64;
+
 /// Reads a body holding one unsigned integer (Credit, ChunkCredit).
 pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
     let v = read_uint(&mut body, "Credit")?;
