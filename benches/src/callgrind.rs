@@ -40,8 +40,9 @@ pub fn measure(list: &[System]) -> Vec<(System, Result<f64, String>)> {
                 return (system, Err(why.to_string()));
             }
             eprintln!("[callgrind] {}", system.key());
-            let r = collected(system, N1)
-                .and_then(|a| collected(system, N2).map(|b| (b.saturating_sub(a)) as f64 / (N2 - N1) as f64));
+            let r = collected(system, N1).and_then(|a| {
+                collected(system, N2).map(|b| (b.saturating_sub(a)) as f64 / (N2 - N1) as f64)
+            });
             (system, r)
         })
         .collect()

@@ -63,7 +63,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         idle_conns: 10_000,
         sched: harness::Sched::Fifo,
     };
-    let secs = |v: Option<String>| Duration::from_secs_f64(v.and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()));
+    let secs = |v: Option<String>| {
+        Duration::from_secs_f64(v.and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()))
+    };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => {
@@ -76,10 +78,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
             "--secs" => a.cfg.duration = secs(it.next()),
             "--warmup" => a.cfg.warmup = secs(it.next()),
-            "--idle-conns" => a.idle_conns = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
+            "--idle-conns" => {
+                a.idle_conns = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage())
+            }
             "--systems" => {
                 let v = it.next().unwrap_or_else(|| usage());
-                a.systems = v.split(',').map(|s| System::parse(s).unwrap_or_else(|| usage())).collect();
+                a.systems =
+                    v.split(',').map(|s| System::parse(s).unwrap_or_else(|| usage())).collect();
             }
             "--workloads" => {
                 let v = it.next().unwrap_or_else(|| usage());

@@ -22,18 +22,26 @@ impl Results {
     }
 
     pub fn na(&self, s: System, w: Workload) -> Option<&'static str> {
-        self.values(s, w).iter().find_map(|v| if let Value::Na(why) = v { Some(*why) } else { None })
+        self.values(s, w)
+            .iter()
+            .find_map(|v| if let Value::Na(why) = v { Some(*why) } else { None })
     }
 
     pub fn lat(&self, s: System, w: Workload) -> Option<Latency> {
-        let l: Vec<Latency> =
-            self.values(s, w).iter().filter_map(|v| if let Value::Lat(l) = v { Some(*l) } else { None }).collect();
+        let l: Vec<Latency> = self
+            .values(s, w)
+            .iter()
+            .filter_map(|v| if let Value::Lat(l) = v { Some(*l) } else { None })
+            .collect();
         med_lat(&l)
     }
 
     pub fn rate(&self, s: System, w: Workload) -> Option<f64> {
-        let r: Vec<f64> =
-            self.values(s, w).iter().filter_map(|v| if let Value::Rate(r) = v { Some(*r) } else { None }).collect();
+        let r: Vec<f64> = self
+            .values(s, w)
+            .iter()
+            .filter_map(|v| if let Value::Rate(r) = v { Some(*r) } else { None })
+            .collect();
         (!r.is_empty()).then(|| median(r))
     }
 
@@ -41,7 +49,9 @@ impl Results {
         let (d, r): (Vec<Latency>, Vec<Latency>) = self
             .values(s, Workload::Peer)
             .iter()
-            .filter_map(|v| if let Value::Peer { direct, routed } = v { Some((*direct, *routed)) } else { None })
+            .filter_map(|v| {
+                if let Value::Peer { direct, routed } = v { Some((*direct, *routed)) } else { None }
+            })
             .unzip();
         Some((med_lat(&d)?, med_lat(&r)?))
     }
@@ -95,7 +105,11 @@ pub fn machine() -> String {
         .map(str::trim)
         .unwrap_or("?")
         .to_string();
-    let hyper = lscpu.lines().find_map(|l| l.strip_prefix("Hypervisor vendor:")).map(str::trim).unwrap_or("none");
+    let hyper = lscpu
+        .lines()
+        .find_map(|l| l.strip_prefix("Hypervisor vendor:"))
+        .map(str::trim)
+        .unwrap_or("none");
     format!(
         "## Machine\n\n{} CPUs ({model}, hypervisor: {hyper}), Linux {}, {}, {}.\n",
         cmd("nproc", &[]),
@@ -106,14 +120,21 @@ pub fn machine() -> String {
 }
 
 /// One placement's table: each system's figure and its ratio to raw tokio.
-pub fn table(placement: Placement, systems: &[System], workloads: &[Workload], r: &Results) -> String {
+pub fn table(
+    placement: Placement,
+    systems: &[System],
+    workloads: &[Workload],
+    r: &Results,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Placement: {}\n", placement.name());
     let base = System::Raw;
     let mut header = vec!["system".to_string()];
     for w in workloads {
         match w {
-            Workload::Unary => header.extend(["unary p50 µs (×raw)".into(), "p99 µs".into(), "mean µs".into()]),
+            Workload::Unary => {
+                header.extend(["unary p50 µs (×raw)".into(), "p99 µs".into(), "mean µs".into()])
+            }
             Workload::T64 => header.push("64 in flight calls/s (×raw)".into()),
             Workload::T256 => header.push("256 in flight calls/s (×raw)".into()),
             Workload::Bytes => header.push("64 KiB echo ×8 MB/s (×raw)".into()),
@@ -130,7 +151,8 @@ pub fn table(placement: Placement, systems: &[System], workloads: &[Workload], r
             match w {
                 Workload::Unary => match (r.lat(sys, w), r.lat(base, w)) {
                     (Some(l), b) => {
-                        let ratio = b.map(|b| format!(" ({:.2}×)", l.p50 / b.p50)).unwrap_or_default();
+                        let ratio =
+                            b.map(|b| format!(" ({:.2}×)", l.p50 / b.p50)).unwrap_or_default();
                         row.push(format!("{:.1}{ratio}", l.p50));
                         row.push(format!("{:.1}", l.p99));
                         row.push(format!("{:.1}", l.mean));
@@ -151,7 +173,10 @@ pub fn table(placement: Placement, systems: &[System], workloads: &[Workload], r
         let _ = writeln!(s, "| {} |", row.join(" | "));
     }
     if workloads.contains(&Workload::Peer) {
-        let _ = writeln!(s, "\nPeer-routed call (B → server → peer A → server → B) vs a direct call (B → server), ours over TCP:\n");
+        let _ = writeln!(
+            s,
+            "\nPeer-routed call (B → server → peer A → server → B) vs a direct call (B → server), ours over TCP:\n"
+        );
         let _ = writeln!(s, "| call | p50 µs | p99 µs | mean µs |\n|---|---|---|---|");
         match r.peer(System::OursTcp) {
             Some((d, rt)) => {
@@ -206,7 +231,9 @@ pub fn callgrind_table(r: &[(System, Result<f64, String>)]) -> String {
 
 /// The goals, checked against the same run's figures.
 pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, String>)]) -> String {
-    let mut s = String::from("## Goals (ratios from the same run)\n\n| goal | placement | measured | met |\n|---|---|---|---|\n");
+    let mut s = String::from(
+        "## Goals (ratios from the same run)\n\n| goal | placement | measured | met |\n|---|---|---|---|\n",
+    );
     let mut row = |goal: &str, place: &str, measured: String, met: Option<bool>| {
         let met = match met {
             Some(true) => "yes",
@@ -215,8 +242,14 @@ pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, Strin
         };
         let _ = writeln!(s, "| {goal} | {place} | {measured} | {met} |");
     };
-    let (o, raw, tarpc, jr, ows, rws) =
-        (System::OursTcp, System::Raw, System::Tarpc, System::Jsonrpsee, System::OursWs, System::RawWs);
+    let (o, raw, tarpc, jr, ows, rws) = (
+        System::OursTcp,
+        System::Raw,
+        System::Tarpc,
+        System::Jsonrpsee,
+        System::OursWs,
+        System::RawWs,
+    );
     for (p, r) in tables {
         let place = match p {
             Placement::Split => "split",
@@ -248,7 +281,13 @@ pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, Strin
         let mut compared = 0;
         for (ours, peers) in [(o, vec![tarpc, jr]), (ows, vec![jr])] {
             for peer in peers {
-                for w in [Workload::Unary, Workload::T64, Workload::T256, Workload::Bytes, Workload::Stream] {
+                for w in [
+                    Workload::Unary,
+                    Workload::T64,
+                    Workload::T256,
+                    Workload::Bytes,
+                    Workload::Stream,
+                ] {
                     let ahead = if w == Workload::Unary {
                         lat(ours, w).zip(lat(peer, w)).map(|(a, b)| a < b)
                     } else {
@@ -268,11 +307,17 @@ pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, Strin
         } else {
             format!("behind: {}", behind.join(", "))
         };
-        row("ahead of jsonrpsee and tarpc everywhere", place, measured, (compared > 0).then_some(behind.is_empty()));
+        row(
+            "ahead of jsonrpsee and tarpc everywhere",
+            place,
+            measured,
+            (compared > 0).then_some(behind.is_empty()),
+        );
 
         // WebSocket within 1.2× of raw tokio-tungstenite.
         let mut worst: Option<(f64, &str)> = None;
-        for w in [Workload::Unary, Workload::T64, Workload::T256, Workload::Bytes, Workload::Stream] {
+        for w in [Workload::Unary, Workload::T64, Workload::T256, Workload::Bytes, Workload::Stream]
+        {
             let factor = if w == Workload::Unary {
                 ratio(lat(ows, w), lat(rws, w))
             } else {
@@ -291,7 +336,12 @@ pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, Strin
                 format!("worst {f:.2}× ({w})"),
                 Some(f <= 1.2),
             ),
-            None => row("WebSocket within 1.2× of raw tungstenite", place, "n/a (rpc-ws not yet implemented)".into(), None),
+            None => row(
+                "WebSocket within 1.2× of raw tungstenite",
+                place,
+                "n/a (rpc-ws not yet implemented)".into(),
+                None,
+            ),
         }
 
         match r.peer(o) {
@@ -304,7 +354,12 @@ pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, Strin
     }
     if let Some((_, v)) = idle.iter().find(|(sys, _)| *sys == System::OursTcp) {
         match v {
-            Ok(b) => row("idle connection ≤ 16 KiB", "-", format!("{:.1} KiB", b / 1024.0), Some(*b <= 16.0 * 1024.0)),
+            Ok(b) => row(
+                "idle connection ≤ 16 KiB",
+                "-",
+                format!("{:.1} KiB", b / 1024.0),
+                Some(*b <= 16.0 * 1024.0),
+            ),
             Err(e) => row("idle connection ≤ 16 KiB", "-", e.clone(), None),
         }
     }

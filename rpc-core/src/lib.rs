@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod blob;
 pub mod client;
 pub mod connection;
 pub mod entity;
@@ -13,6 +14,7 @@ pub mod protocol;
 pub mod stream;
 pub mod transport;
 
+pub use blob::Blob;
 pub use client::{
     CallTarget, ConnectionState, Connector, PeerHandle, Progress, RpcClient, RpcDirectClient,
     Transfer,

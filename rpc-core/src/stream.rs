@@ -309,7 +309,7 @@ impl<T> RemoteStream<T> {
                     self.conn.send_credit(self.id, self.consumed);
                     self.consumed = 0;
                 }
-                let item = (self.decode)(&frame.body)
+                let item = crate::blob::decode_from(&frame.body, || (self.decode)(&frame.body))
                     .map_err(|e| RpcError::protocol(format!("a stream item did not decode: {e}")));
                 Poll::Ready(Some(item))
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use rpc_core::{ConnectionState, ErrorKind, RpcError, RpcKernel, controller};
+use rpc_core::{Blob, ConnectionState, ErrorKind, RpcError, RpcKernel, controller};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tests::{TransportKind, eventually, transport_tests};
@@ -62,6 +62,8 @@ pub trait Unary {
     async fn list(&self, items: Vec<Shape>) -> Vec<Shape>;
     async fn map(&self, map: BTreeMap<String, u64>) -> BTreeMap<String, u64>;
     async fn bytes(&self, bytes: ByteBuf) -> ByteBuf;
+    /// All but the first byte (a view of the argument, no copy).
+    async fn blob(&self, data: Blob) -> Blob;
     async fn wide(&self, a: u128, b: i128) -> (u128, i128);
     async fn float(&self, x: f64) -> f64;
     async fn unit(&self, u: ());
@@ -148,6 +150,10 @@ impl Unary for UnaryImpl {
 
     async fn bytes(&self, bytes: ByteBuf) -> ByteBuf {
         ByteBuf::from(bytes.iter().map(|b| b.wrapping_add(1)).collect::<Vec<u8>>())
+    }
+
+    async fn blob(&self, data: Blob) -> Blob {
+        Blob::from(data.as_bytes().slice(1.min(data.len())..))
     }
 
     async fn wide(&self, a: u128, b: i128) -> (u128, i128) {
@@ -300,6 +306,13 @@ transport_tests! {
         assert_eq!(p.bytes(ByteBuf::new()).await.unwrap().into_vec(), Vec::<u8>::new());
         let big = vec![0xA5u8; 200_000];
         assert_eq!(p.bytes(ByteBuf::from(big)).await.unwrap().into_vec(), vec![0xA6u8; 200_000]);
+        // Blob: the same bytes on the wire, shared with the frame on arrival; also above the
+        // chunk size (reassembled) and empty.
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(&p.blob(Blob::from(all.clone())).await.unwrap()[..], &all[1..]);
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(&p.blob(Blob::from(big.clone())).await.unwrap()[..], &big[1..]);
+        assert!(p.blob(Blob::new()).await.unwrap().is_empty());
 
         for (a, b) in [
             (0u128, 0i128),

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
 use jsonrpsee::rpc_params;
 use jsonrpsee::server::{RpcModule, Server, ServerConfig};
-use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 
 use crate::proto::{Small, payload_text, small};
@@ -26,23 +25,22 @@ pub async fn server() -> (SocketAddr, Box<dyn Any>) {
     let server = Server::builder().set_config(config).build("127.0.0.1:0").await.unwrap();
     let addr = server.local_addr().unwrap();
     let mut module = RpcModule::new(());
+    module.register_method("echo", |params, _, _| params.one::<Small>()).unwrap();
+    module.register_method("echo_text", |params, _, _| params.one::<String>()).unwrap();
     module
-        .register_method("echo", |params, _, _| params.one::<Small>().map_err(ErrorObjectOwned::from))
-        .unwrap();
-    module
-        .register_method("echo_text", |params, _, _| {
-            params.one::<String>().map_err(ErrorObjectOwned::from)
-        })
-        .unwrap();
-    module
-        .register_subscription("sub_stream", "stream_item", "unsub_stream", |params, pending, _, _| async move {
-            let n: u64 = params.one()?;
-            let sink = pending.accept().await?;
-            for i in 0..n {
-                sink.send(serde_json::value::to_raw_value(&i)?).await?;
-            }
-            Ok(())
-        })
+        .register_subscription(
+            "sub_stream",
+            "stream_item",
+            "unsub_stream",
+            |params, pending, _, _| async move {
+                let n: u64 = params.one()?;
+                let sink = pending.accept().await?;
+                for i in 0..n {
+                    sink.send(serde_json::value::to_raw_value(&i)?).await?;
+                }
+                Ok(())
+            },
+        )
         .unwrap();
     let handle = server.start(module);
     (addr, Box::new(handle))
@@ -66,7 +64,11 @@ pub struct JsonRpc {
 }
 
 pub async fn client(addr: SocketAddr, payload_len: usize, stream_items: u64) -> JsonRpc {
-    JsonRpc { client: connect(addr, stream_items).await, small: small(), text: payload_text(payload_len) }
+    JsonRpc {
+        client: connect(addr, stream_items).await,
+        small: small(),
+        text: payload_text(payload_len),
+    }
 }
 
 impl Rpc for JsonRpc {

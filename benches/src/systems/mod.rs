@@ -10,7 +10,9 @@ use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use crate::harness::{Cfg, Latency, Placement, Server, concurrent_rate, on_client, stream_rate, unary_latency};
+use crate::harness::{
+    Cfg, Latency, Placement, Server, concurrent_rate, on_client, stream_rate, unary_latency,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum System {
@@ -85,8 +87,14 @@ pub enum Workload {
     Peer,
 }
 
-pub const WORKLOADS: &[Workload] =
-    &[Workload::Unary, Workload::T64, Workload::T256, Workload::Bytes, Workload::Stream, Workload::Peer];
+pub const WORKLOADS: &[Workload] = &[
+    Workload::Unary,
+    Workload::T64,
+    Workload::T256,
+    Workload::Bytes,
+    Workload::Stream,
+    Workload::Peer,
+];
 
 impl Workload {
     pub fn key(self) -> &'static str {
@@ -112,7 +120,10 @@ pub enum Value {
     /// Calls/s, MB/s or items/s depending on the workload.
     Rate(f64),
     /// Routed vs direct call latency.
-    Peer { direct: Latency, routed: Latency },
+    Peer {
+        direct: Latency,
+        routed: Latency,
+    },
     Na(&'static str),
 }
 
@@ -139,7 +150,9 @@ async fn rpc_workloads<R: Rpc>(r: &R, workloads: &[Workload], cfg: &Cfg) -> Vec<
             ),
             Workload::Stream => match r.stream(10).await {
                 None => Value::Na("n/a (no server streams)"),
-                Some(_) => Value::Rate(stream_rate(cfg, async |n| r.stream(n).await.unwrap()).await),
+                Some(_) => {
+                    Value::Rate(stream_rate(cfg, async |n| r.stream(n).await.unwrap()).await)
+                }
             },
             Workload::Peer => continue,
         };
@@ -180,7 +193,12 @@ fn no_keep(addr: SocketAddr) -> (SocketAddr, Box<dyn Any>) {
 }
 
 /// Runs `workloads` against `system` in `placement`.
-pub fn measure(system: System, placement: Placement, workloads: &[Workload], cfg: &Cfg) -> Vec<(Workload, Value)> {
+pub fn measure(
+    system: System,
+    placement: Placement,
+    workloads: &[Workload],
+    cfg: &Cfg,
+) -> Vec<(Workload, Value)> {
     if let Some(why) = system.unavailable() {
         return workloads.iter().map(|&w| (w, Value::Na(why))).collect();
     }
@@ -201,11 +219,16 @@ pub fn measure(system: System, placement: Placement, workloads: &[Workload], cfg
                         match w {
                             Workload::Unary => Value::Lat(c.unary(&cfg).await),
                             Workload::T64 => Value::Rate(c.pipelined(64, raw::OP_ECHO, &cfg).await),
-                            Workload::T256 => Value::Rate(c.pipelined(256, raw::OP_ECHO, &cfg).await),
+                            Workload::T256 => {
+                                Value::Rate(c.pipelined(256, raw::OP_ECHO, &cfg).await)
+                            }
                             Workload::Bytes => Value::Rate(
-                                c.pipelined(8, raw::OP_BYTES, &cfg).await * cfg.payload as f64 / 1e6,
+                                c.pipelined(8, raw::OP_BYTES, &cfg).await * cfg.payload as f64
+                                    / 1e6,
                             ),
-                            Workload::Stream => Value::Rate(stream_rate(&cfg, async |n| c.stream(n).await).await),
+                            Workload::Stream => {
+                                Value::Rate(stream_rate(&cfg, async |n| c.stream(n).await).await)
+                            }
                             Workload::Peer => continue,
                         }
                     } else {
@@ -213,11 +236,16 @@ pub fn measure(system: System, placement: Placement, workloads: &[Workload], cfg
                         match w {
                             Workload::Unary => Value::Lat(c.unary(&cfg).await),
                             Workload::T64 => Value::Rate(c.pipelined(64, raw::OP_ECHO, &cfg).await),
-                            Workload::T256 => Value::Rate(c.pipelined(256, raw::OP_ECHO, &cfg).await),
+                            Workload::T256 => {
+                                Value::Rate(c.pipelined(256, raw::OP_ECHO, &cfg).await)
+                            }
                             Workload::Bytes => Value::Rate(
-                                c.pipelined(8, raw::OP_BYTES, &cfg).await * cfg.payload as f64 / 1e6,
+                                c.pipelined(8, raw::OP_BYTES, &cfg).await * cfg.payload as f64
+                                    / 1e6,
                             ),
-                            Workload::Stream => Value::Rate(stream_rate(&cfg, async |n| c.stream(n).await).await),
+                            Workload::Stream => {
+                                Value::Rate(stream_rate(&cfg, async |n| c.stream(n).await).await)
+                            }
                             Workload::Peer => continue,
                         }
                     };
@@ -230,7 +258,9 @@ pub fn measure(system: System, placement: Placement, workloads: &[Workload], cfg
         }
         System::Tarpc => {
             let payload = cfg.payload;
-            run_rpc(placement, workloads, cfg, tarpc_sys::server, move |addr| tarpc_sys::client(addr, payload))
+            run_rpc(placement, workloads, cfg, tarpc_sys::server, move |addr| {
+                tarpc_sys::client(addr, payload)
+            })
         }
         System::Jsonrpsee => {
             let (payload, items) = (cfg.payload, cfg.stream_items);
@@ -240,16 +270,22 @@ pub fn measure(system: System, placement: Placement, workloads: &[Workload], cfg
         }
         System::Tonic => {
             let payload = cfg.payload;
-            run_rpc(placement, workloads, cfg, tonic_sys::server, move |addr| tonic_sys::client(addr, payload))
+            run_rpc(placement, workloads, cfg, tonic_sys::server, move |addr| {
+                tonic_sys::client(addr, payload)
+            })
         }
         System::OursTcp => {
             let payload = cfg.payload;
-            run_rpc(placement, workloads, cfg, ours::tcp_server, move |addr| ours::tcp_client(addr, payload))
+            run_rpc(placement, workloads, cfg, ours::tcp_server, move |addr| {
+                ours::tcp_client(addr, payload)
+            })
         }
         #[cfg(has_ws)]
         System::OursWs => {
             let payload = cfg.payload;
-            run_rpc(placement, workloads, cfg, ours::ws_server, move |addr| ours::ws_client(addr, payload))
+            run_rpc(placement, workloads, cfg, ours::ws_server, move |addr| {
+                ours::ws_client(addr, payload)
+            })
         }
         #[cfg(not(has_ws))]
         System::OursWs => unreachable!(),

@@ -4,8 +4,7 @@ use std::any::Any;
 use std::net::SocketAddr;
 
 use futures::StreamExt;
-use rpc_core::{Limits, RpcKernel, RpcStream, Security, Session, controller};
-use serde_bytes::ByteBuf;
+use rpc_core::{Blob, Limits, RpcKernel, RpcStream, Security, Session, controller};
 
 use crate::proto::{Small, payload, small};
 use crate::systems::Rpc;
@@ -13,7 +12,7 @@ use crate::systems::Rpc;
 #[controller("bench")]
 pub trait Bench {
     async fn echo(&self, s: Small) -> Small;
-    async fn echo_bytes(&self, data: ByteBuf) -> ByteBuf;
+    async fn echo_bytes(&self, data: Blob) -> Blob;
     async fn stream(&self, n: u64) -> RpcStream<u64>;
 }
 
@@ -24,7 +23,7 @@ impl Bench for BenchImpl {
         s
     }
 
-    async fn echo_bytes(&self, data: ByteBuf) -> ByteBuf {
+    async fn echo_bytes(&self, data: Blob) -> Blob {
         data
     }
 
@@ -66,12 +65,12 @@ pub async fn ws_server() -> (SocketAddr, Box<dyn Any>) {
 pub struct OursRpc {
     pub bench: BenchClient,
     small: Small,
-    data: ByteBuf,
+    data: Blob,
 }
 
 impl OursRpc {
     pub fn new(bench: BenchClient, payload_len: usize) -> OursRpc {
-        OursRpc { bench, small: small(), data: ByteBuf::from(payload(payload_len)) }
+        OursRpc { bench, small: small(), data: Blob::from(payload(payload_len)) }
     }
 }
 

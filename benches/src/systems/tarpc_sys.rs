@@ -71,7 +71,11 @@ pub struct TarpcRpc {
 }
 
 pub async fn client(addr: SocketAddr, payload_len: usize) -> TarpcRpc {
-    TarpcRpc { client: connect(addr).await, small: small(), data: ByteBuf::from(payload(payload_len)) }
+    TarpcRpc {
+        client: connect(addr).await,
+        small: small(),
+        data: ByteBuf::from(payload(payload_len)),
+    }
 }
 
 impl Rpc for TarpcRpc {

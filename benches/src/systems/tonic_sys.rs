@@ -136,14 +136,9 @@ where
             _ => Box::pin(async move {
                 let mut response = http::Response::new(tonic::body::Body::default());
                 let headers = response.headers_mut();
-                headers.insert(
-                    tonic::Status::GRPC_STATUS,
-                    (tonic::Code::Unimplemented as i32).into(),
-                );
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
+                headers
+                    .insert(tonic::Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
                 Ok(response)
             }),
         }
@@ -174,9 +169,10 @@ impl BenchClient {
         &mut self,
         request: impl tonic::IntoRequest<SmallPb>,
     ) -> Result<tonic::Response<SmallPb>, tonic::Status> {
-        self.inner.ready().await.map_err(|e| {
-            tonic::Status::unknown(format!("Service was not ready: {e}"))
-        })?;
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         let codec = tonic_prost::ProstCodec::default();
         let path = http::uri::PathAndQuery::from_static("/bench.Bench/Echo");
         let mut req = request.into_request();
@@ -188,9 +184,10 @@ impl BenchClient {
         &mut self,
         request: impl tonic::IntoRequest<BlobPb>,
     ) -> Result<tonic::Response<BlobPb>, tonic::Status> {
-        self.inner.ready().await.map_err(|e| {
-            tonic::Status::unknown(format!("Service was not ready: {e}"))
-        })?;
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         let codec = tonic_prost::ProstCodec::default();
         let path = http::uri::PathAndQuery::from_static("/bench.Bench/EchoBytes");
         let mut req = request.into_request();
@@ -202,9 +199,10 @@ impl BenchClient {
         &mut self,
         request: impl tonic::IntoRequest<StreamReqPb>,
     ) -> Result<tonic::Response<tonic::codec::Streaming<ItemPb>>, tonic::Status> {
-        self.inner.ready().await.map_err(|e| {
-            tonic::Status::unknown(format!("Service was not ready: {e}"))
-        })?;
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         let codec = tonic_prost::ProstCodec::default();
         let path = http::uri::PathAndQuery::from_static("/bench.Bench/Stream");
         let mut req = request.into_request();

@@ -468,11 +468,16 @@ fn decode_error(frame: &Frame) -> RpcError {
 
 fn decode_reply<R: DeserializeOwned>(frame: Frame) -> Result<R, RpcError> {
     match frame.kind {
-        Kind::Reply => codec::decode_value(&frame.body).map_err(|e| {
-            RpcError::protocol(format!(
-                "the reply did not decode into the expected type ({e}): the two sides disagree on the action's signature"
-            ))
-        }),
+        Kind::Reply => {
+            // Blobs in the reply share the frame's memory.
+            let decoded =
+                crate::blob::decode_from(&frame.body, || codec::decode_value(&frame.body));
+            decoded.map_err(|e| {
+                RpcError::protocol(format!(
+                    "the reply did not decode into the expected type ({e}): the two sides disagree on the action's signature"
+                ))
+            })
+        }
         Kind::Error => Err(decode_error(&frame)),
         Kind::StreamOpen => {
             Err(RpcError::protocol("the action answered with a stream where a value was expected"))

@@ -403,7 +403,7 @@ async fn dispatch(
     let layered = kernel.middleware().map(|chain| (chain, responder.ctx.clone()));
     // Decoding the arguments runs user Deserialize impls: a panic there is caught too.
     let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        controller.call(index, &args, responder)
+        crate::blob::decode_from(&args, || controller.call(index, &args, responder))
     })) {
         Ok(Ok(future)) => future,
         Ok(Err(error)) => {
