@@ -10,7 +10,8 @@ fn main() {
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .collect::<String>();
-    if ws.contains("pub struct RpcWebSocketServer") && ws.contains("pub struct RpcWebSocketClient") {
+    if ws.contains("pub struct RpcWebSocketServer") && ws.contains("pub struct RpcWebSocketClient")
+    {
         println!("cargo::rustc-cfg=has_ws");
     }
 }

@@ -44,7 +44,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| codec::decode_value::<Small>(black_box(&body)).unwrap())
     });
     c.bench_function("prescan Small", |b| b.iter(|| codec::prescan(black_box(&body), 64).unwrap()));
-    c.bench_function("prescan u64 stream item", |b| b.iter(|| codec::prescan(black_box(&item), 64).unwrap()));
+    c.bench_function("prescan u64 stream item", |b| {
+        b.iter(|| codec::prescan(black_box(&item), 64).unwrap())
+    });
     c.bench_function("decode u64 item: codec::decode_value", |b| {
         b.iter(|| codec::decode_value::<u64>(black_box(&item)).unwrap())
     });
