@@ -181,6 +181,10 @@ impl ConnShared {
                 ),
             });
         }
+        // A free slot needs no timer.
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
         match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_)) => Err(self.disconnect_error()),

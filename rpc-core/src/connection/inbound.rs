@@ -9,7 +9,9 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -322,7 +324,8 @@ async fn run_call(
         action: action.name,
         call_id: id,
     });
-    let started = Instant::now();
+    // The clock is read only for listeners (ActionFinished carries the elapsed time).
+    let started = kernel.observed().then(Instant::now);
     let outcome = match allowed {
         Ok(()) => dispatch(&conn, id, controller, index, args, responder, deadline).await,
         Err(kind) => Err(kind),
@@ -335,7 +338,7 @@ async fn run_call(
         controller: controller_name,
         action: action.name,
         call_id: id,
-        elapsed: started.elapsed(),
+        elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
         outcome,
     });
     drop(guard);
@@ -418,12 +421,14 @@ async fn dispatch(
         }
     };
     drop(args);
+    // Without middleware the handler runs as it is: its panic is caught just below, with
+    // the same report and answer that `catch_panic` gives it inside a middleware chain.
     let future: ActionFuture = match layered {
         Some((chain, ctx)) => Box::pin(Next::new(chain, handler, ctx, conn.clone()).run()),
-        None => Box::pin(catch_panic(handler, conn.clone(), id, controller_name, action.name)),
+        None => handler,
     };
     let outcome = match deadline {
-        Some(d) => match tokio::time::timeout(d, AssertUnwindSafe(future).catch_unwind()).await {
+        Some(d) => match LazyDeadline::new(d, AssertUnwindSafe(future).catch_unwind()).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 let error = RpcError::new(
@@ -441,11 +446,48 @@ async fn dispatch(
     };
     match outcome {
         Ok(replied) => replied.outcome(),
-        // A middleware layer itself panicked (handler panics are caught closer, see
-        // `catch_panic`).
+        // The handler panicked (or, with middleware, a layer itself: handler panics are
+        // then caught closer, see `catch_panic`).
         Err(panic) => {
             report_panic(conn, id, controller_name, action.name, panic);
             Err(ErrorKind::Internal)
+        }
+    }
+}
+
+/// A deadline whose timer starts only if the future does not finish in its first poll.
+///
+/// Most handlers answer in the poll that starts them (on the read loop, see
+/// [`run_inline_or_spawn`]); for them, registering a timer and reading the clock would be
+/// pure cost. A handler that waits gets its timer at that first poll, which is when the
+/// call started.
+struct LazyDeadline<F> {
+    future: F,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The deadline passed first.
+struct Elapsed;
+
+impl<F: Future + Unpin> LazyDeadline<F> {
+    fn new(limit: Duration, future: F) -> LazyDeadline<F> {
+        LazyDeadline { future, limit, timer: None }
+    }
+}
+
+impl<F: Future + Unpin> Future for LazyDeadline<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(output) = Pin::new(&mut self.future).poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let limit = self.limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
