@@ -421,6 +421,33 @@ async fn p11_unanswered_server_call_times_out() {
     assert_eq!(peer.conn().calls_in_flight(), (0, 0));
 }
 
+/// A server→client call with a short deadline, made while one with a long deadline is
+/// outstanding, still times out at its own deadline (the connection's one deadline timer is
+/// moved earlier), and the long one at its own.
+#[tokio::test(start_paused = true)]
+async fn a_shorter_deadline_registered_later_fires_first() {
+    let (kernel, _) = server(limits(), true);
+    let mut peer = RawPeer::connect(&kernel).await;
+    let started = Instant::now();
+    peer.send(&call(1, "robust", "ask_back_within", &(1u32, 20_000u64))).await;
+    assert_eq!(peer.recv_answer().await.unwrap().kind, Kind::Call);
+    peer.send(&call(3, "robust", "ask_back_within", &(2u32, 1_000u64))).await;
+    assert_eq!(peer.recv_answer().await.unwrap().kind, Kind::Call);
+    let mut timed_out = Vec::new();
+    while timed_out.len() < 2 {
+        let f = peer.recv_answer().await.unwrap();
+        if f.kind == Kind::Error {
+            assert_eq!(kind_of(&f), ErrorKind::Timeout);
+            timed_out.push((f.id, started.elapsed()));
+        }
+    }
+    assert_eq!(timed_out[0].0, 3, "the 1 s call first: {timed_out:?}");
+    assert!((Duration::from_millis(1_000)..Duration::from_millis(1_100)).contains(&timed_out[0].1));
+    assert_eq!(timed_out[1].0, 1);
+    assert!((Duration::from_secs(20)..Duration::from_millis(20_100)).contains(&timed_out[1].1));
+    assert_eq!(peer.conn().calls_in_flight(), (0, 0));
+}
+
 /// P11: the 65th concurrent server→client call is `Busy`.
 #[tokio::test(start_paused = true)]
 async fn p11_server_call_65_is_busy() {

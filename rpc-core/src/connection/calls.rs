@@ -28,6 +28,8 @@ pub(crate) struct Pending {
     pub(crate) arg_credit: Option<Arc<Semaphore>>,
     /// Where chunked transfers of this call report (from [`Progress::track`]).
     pub(crate) progress: Option<Progress>,
+    /// When the call times out (unary calls; see [`super::deadlines`]).
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// Where the answer to a pending call goes.
@@ -42,7 +44,7 @@ pub(crate) enum Sink {
 
 impl Pending {
     pub(crate) fn new(sink: Sink) -> Pending {
-        Pending { sink, arg_credit: None, progress: None }
+        Pending { sink, arg_credit: None, progress: None, deadline: None }
     }
 
     /// Called when the connection closes with the call still outstanding.
@@ -212,7 +214,9 @@ impl ConnShared {
         pending.arg_credit = credit.clone();
         let progress = Progress::current();
         pending.progress = progress.clone();
+        pending.deadline = Some(deadline);
         self.register_pending(id, pending)?;
+        self.watch_deadline(deadline);
         let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
         guard.sent = true;
         let work = async {
@@ -256,7 +260,9 @@ impl ConnShared {
         R: DeserializeOwned,
         T: Serialize + Send + 'static,
     {
-        let answer = tokio::time::timeout_at(deadline, rx);
+        // No timer here: the connection's deadline sweeper drops the pending entry (and with
+        // it the answer channel) once the deadline has passed.
+        let answer = rx;
         let frame = match (input, credit) {
             (Some(input), Some(credit)) => {
                 // Send the argument stream while waiting for the answer; the answer wins.
@@ -273,9 +279,9 @@ impl ConnShared {
             _ => answer.await,
         };
         let frame = match frame {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(_)) => return Err(self.disconnect_error()),
-            Err(_) => return Err(spec.timeout_error()),
+            Ok(frame) => frame,
+            Err(_) if Instant::now() >= deadline => return Err(spec.timeout_error()),
+            Err(_) => return Err(self.disconnect_error()),
         };
         if frame.kind == Kind::StreamOpen {
             // The remote streams where we expect one value: stop its producer.

@@ -1,7 +1,8 @@
 //! One connection, symmetric: either end may call and either may serve.
 //!
 //! - [`outbox`]: the single coalescing write queue.
-//! - [`calls`]: calls this side started (ids, pending table, cancellation, timeouts).
+//! - [`calls`]: calls this side started (ids, pending table, cancellation).
+//! - [`deadlines`]: the one timer per connection that times those calls out.
 //! - [`inbound`]: calls the remote started (dispatch to the kernel, slots, cancellation).
 //! - [`driver`]: the handshake and the read and write loops that move bytes.
 //!
@@ -10,6 +11,7 @@
 
 pub(crate) mod calls;
 pub(crate) mod chunks;
+pub(crate) mod deadlines;
 pub(crate) mod driver;
 pub(crate) mod inbound;
 pub(crate) mod outbox;
@@ -85,6 +87,8 @@ pub(crate) struct ConnShared {
     pub(crate) outbox: Outbox,
     next_id: AtomicU32,
     pub(crate) outbound: Mutex<IdMap<Pending>>,
+    /// When the unary calls in `outbound` time out.
+    pub(crate) deadlines: deadlines::CallDeadlines,
     pub(crate) inbound: Mutex<IdMap<Inbound>>,
     pub(crate) session: RwLock<Arc<Session>>,
     /// The frame limit the read loop enforces (raised once authenticated).
@@ -151,6 +155,7 @@ impl ConnShared {
             kernel,
             next_id: AtomicU32::new(if role == Role::Dialer { 1 } else { 2 }),
             outbound: Mutex::new(IdMap::default()),
+            deadlines: deadlines::CallDeadlines::new(),
             inbound: Mutex::new(IdMap::default()),
             session: RwLock::new(Arc::new(Session::anonymous())),
             closed: AtomicBool::new(false),

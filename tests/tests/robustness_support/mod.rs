@@ -390,6 +390,13 @@ pub trait Robust {
     async fn secret(&self) -> u32;
     /// Calls the client's `back.double(x)` (server→client call, default deadline).
     async fn ask_back(&self, ctx: &rpc_core::Context, x: u32) -> Result<u32, RpcError>;
+    /// `ask_back` with a deadline of `ms` for the server→client call.
+    async fn ask_back_within(
+        &self,
+        ctx: &rpc_core::Context,
+        x: u32,
+        ms: u64,
+    ) -> Result<u32, RpcError>;
     /// Who routed this call here, as the server stamped it.
     async fn who(&self, ctx: &rpc_core::Context) -> (u64, Option<String>);
 }
@@ -497,6 +504,17 @@ impl Robust for RobustImpl {
     async fn ask_back(&self, ctx: &rpc_core::Context, x: u32) -> Result<u32, RpcError> {
         let _r = Running::start(&self.0);
         ctx.connection().controller::<BackClient>().double(x).await
+    }
+
+    async fn ask_back_within(
+        &self,
+        ctx: &rpc_core::Context,
+        x: u32,
+        ms: u64,
+    ) -> Result<u32, RpcError> {
+        let _r = Running::start(&self.0);
+        let back = ctx.connection().controller::<BackClient>();
+        back.with_timeout(std::time::Duration::from_millis(ms)).double(x).await
     }
 
     async fn who(&self, ctx: &rpc_core::Context) -> (u64, Option<String>) {
