@@ -38,8 +38,23 @@ pub(crate) struct StreamSender {
     allowance: Arc<AtomicI64>,
 }
 
-/// An item arrived beyond the granted credit.
-pub(crate) struct Overrun;
+/// Why the read loop refused a stream frame (a protocol error either way).
+pub(crate) enum Refused {
+    /// An item arrived beyond the granted credit.
+    Overrun,
+    /// An Items frame without a readable array header.
+    Malformed,
+}
+
+impl Refused {
+    /// The reason, for the protocol error.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Refused::Overrun => "a stream item beyond the granted credit",
+            Refused::Malformed => "a malformed Items frame",
+        }
+    }
+}
 
 impl StreamSender {
     /// A channel whose sender may deliver `window` credit of items before more is granted.
@@ -51,16 +66,24 @@ impl StreamSender {
         (StreamSender { tx, allowance: allowance.clone() }, rx, allowance)
     }
 
-    /// Delivers a frame; an Item only while some credit is left (an item may overdraw the
-    /// rest, as its producer may send it holding any credit at all).
-    pub(crate) fn send(&self, frame: Frame) -> Result<(), Overrun> {
-        if frame.kind == Kind::Item {
-            let cost = message::stream_item_cost(frame.body.len()) as i64;
+    /// Delivers a frame; Item and Items only while some credit is left (one frame may
+    /// overdraw the rest, as its producer may send it holding any credit at all).
+    pub(crate) fn send(&self, frame: Frame) -> Result<(), Refused> {
+        let cost = match frame.kind {
+            Kind::Item => message::stream_item_cost(frame.body.len()),
+            Kind::Items => match message::ItemBatch::new(&frame.body) {
+                Ok(batch) => batch.cost(),
+                Err(_) => return Err(Refused::Malformed),
+            },
+            _ => 0,
+        };
+        if cost > 0 {
+            let cost = cost.min(i64::MAX as u64) as i64;
             let took = self
                 .allowance
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n > 0).then(|| n - cost));
             if took.is_err() {
-                return Err(Overrun);
+                return Err(Refused::Overrun);
             }
         }
         let _ = self.tx.send(frame);
@@ -98,6 +121,20 @@ impl CreditGate {
             self.balance += 1;
         }
         Ok(())
+    }
+
+    /// Whether some credit is left, taking what was granted meanwhile (never waits).
+    pub(crate) fn try_ready(&mut self) -> bool {
+        if self.balance <= 0 {
+            let more = self.granted.available_permits().min(u32::MAX as usize) as u32;
+            if more > 0
+                && let Ok(permits) = self.granted.try_acquire_many(more)
+            {
+                permits.forget();
+                self.balance += more as i64;
+            }
+        }
+        self.balance > 0
     }
 
     /// Charges an item whose body is `body_len` bytes.
@@ -221,7 +258,9 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 done: false,
                 direction,
                 allowance,
+                batch: None,
                 decode: |body| codec::decode_value::<T>(body),
+                decode_scanned: |body| codec::decode_prescanned::<T>(body),
             }),
         }
     }
@@ -272,9 +311,20 @@ struct RemoteStream<T> {
     direction: Direction,
     /// Credit the remote has left (shared with the read loop's [`StreamSender`]).
     allowance: Arc<AtomicI64>,
+    /// The Items frame being read, if its items are not all yielded yet.
+    batch: Option<Batch>,
     /// Decodes an item (the stream type itself needs no `DeserializeOwned` bound, so the
     /// server can hold `RpcStream<T>` for any serializable `T`).
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
+    /// Decodes an item already checked by [`codec::value_len`] (from an Items frame).
+    decode_scanned: fn(&[u8]) -> Result<T, codec::DecodeError>,
+}
+
+/// What is left of an Items frame: its body, where the next item starts, how many remain.
+struct Batch {
+    body: bytes::Bytes,
+    offset: usize,
+    remaining: u32,
 }
 
 impl<T> RemoteStream<T> {
@@ -288,7 +338,49 @@ impl<T> RemoteStream<T> {
         }
     }
 
+    /// Counts a consumed item's cost and grants credit back once half the window is spent.
+    fn consumed(&mut self, body_len: usize) {
+        self.consumed += message::stream_item_cost(body_len);
+        if self.consumed >= (self.window as u64 / 2).max(1) {
+            self.allowance.fetch_add(self.consumed as i64, Ordering::AcqRel);
+            self.conn.send_credit(self.id, self.consumed);
+            self.consumed = 0;
+        }
+    }
+
+    /// Fails the stream with a protocol error (the remote sent something unreadable).
+    fn malformed(&mut self, what: String) -> Option<Result<T, RpcError>> {
+        self.done = true;
+        self.batch = None;
+        self.finish();
+        Some(Err(RpcError::protocol(what)))
+    }
+
+    /// The next item of the current Items frame, if there is one.
+    fn next_batched(&mut self) -> Option<Result<T, RpcError>> {
+        let mut batch = self.batch.take()?;
+        let start = batch.offset;
+        let len = match codec::value_len(&batch.body[start..], self.conn.limits.depth_limit()) {
+            Ok(len) => len,
+            Err(e) => return self.malformed(format!("an Items frame holds a malformed item: {e}")),
+        };
+        batch.offset += len;
+        batch.remaining -= 1;
+        self.consumed(len);
+        let body = &batch.body;
+        let item =
+            crate::blob::decode_from(body, || (self.decode_scanned)(&body[start..start + len]))
+                .map_err(|e| RpcError::protocol(format!("a stream item did not decode: {e}")));
+        if batch.remaining > 0 {
+            self.batch = Some(batch);
+        }
+        Some(item)
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>> {
+        if let Some(item) = self.next_batched() {
+            return Poll::Ready(Some(item));
+        }
         if self.done {
             self.finish();
             return Poll::Ready(None);
@@ -302,13 +394,17 @@ impl<T> RemoteStream<T> {
             }
         };
         match frame.kind {
+            Kind::Items => {
+                // The read loop already checked the header (`StreamSender::send`).
+                let (offset, remaining) = match message::ItemBatch::new(&frame.body) {
+                    Ok(b) => (frame.body.len() - b.rest().len(), b.remaining()),
+                    Err(e) => return Poll::Ready(self.malformed(format!("malformed Items: {e}"))),
+                };
+                self.batch = Some(Batch { body: frame.body, offset, remaining });
+                Poll::Ready(self.next_batched())
+            }
             Kind::Item => {
-                self.consumed += message::stream_item_cost(frame.body.len());
-                if self.consumed >= (self.window as u64 / 2).max(1) {
-                    self.allowance.fetch_add(self.consumed as i64, Ordering::AcqRel);
-                    self.conn.send_credit(self.id, self.consumed);
-                    self.consumed = 0;
-                }
+                self.consumed(frame.body.len());
                 let item = crate::blob::decode_from(&frame.body, || (self.decode)(&frame.body))
                     .map_err(|e| RpcError::protocol(format!("a stream item did not decode: {e}")));
                 Poll::Ready(Some(item))
@@ -366,6 +462,26 @@ mod tests {
         let end = Frame { kind: Kind::End, id: 1, route: None, body: Bytes::new() };
         assert!(tx.send(end).is_ok());
         assert_eq!(rx.try_recv().map(|f| f.body.len()).ok(), Some(10));
+    }
+
+    #[test]
+    fn an_items_frame_costs_its_items_and_a_malformed_one_is_refused() {
+        let (tx, _rx, allowance) = StreamSender::channel(1000);
+        // [1, 2, 3]: three one-byte items.
+        let batch = Frame {
+            kind: Kind::Items,
+            id: 1,
+            route: None,
+            body: Bytes::from_static(&[0x93, 1, 2, 3]),
+        };
+        assert!(tx.send(batch).is_ok());
+        assert_eq!(allowance.load(Ordering::Acquire), 1000 - 3 * 65);
+        for body in [&[][..], &[0x90][..], &[0x01][..]] {
+            let bad =
+                Frame { kind: Kind::Items, id: 1, route: None, body: Bytes::from_static(body) };
+            assert!(matches!(tx.send(bad), Err(Refused::Malformed)), "{body:?}");
+        }
+        assert_eq!(allowance.load(Ordering::Acquire), 1000 - 3 * 65, "refusals cost nothing");
     }
 
     #[tokio::test]

@@ -268,6 +268,51 @@ async fn s5_one_stalled_subscriber_does_not_slow_the_others() {
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 }
 
+/// Items that are ready together travel in Items frames, but only to a peer whose Hello
+/// says it reads them; either way every item arrives, in order, within the credit.
+#[tokio::test(start_paused = true)]
+async fn items_frames_go_only_to_peers_that_read_them() {
+    let (kernel, _) = server(limits(), true);
+    for batching in [false, true] {
+        let hello = match batching {
+            true => hello_with_features(1000, message::FEATURE_ITEM_BATCHES),
+            false => hello(1000),
+        };
+        let mut peer = RawPeer::connect_saying(&kernel, 1 << 20, &hello).await;
+        peer.send(&call(1, "robust", "blobs", &(500u64, 8u32))).await;
+        peer.send(&credit(1, 1 << 20)).await;
+        let (mut items, mut frames, mut batches) = (0u64, 0u64, 0u64);
+        while let Some(f) = peer.recv_answer().await {
+            match f.kind {
+                Kind::Item => {
+                    let item: serde_bytes::ByteBuf = value_of(&f);
+                    assert_eq!(item.len(), 8);
+                    items += 1;
+                    frames += 1;
+                }
+                Kind::Items => {
+                    let mut batch = message::ItemBatch::new(&f.body).unwrap();
+                    while let Some(item) = batch.next_item(64).unwrap() {
+                        let item: serde_bytes::ByteBuf = codec::decode_value(item).unwrap();
+                        assert_eq!(item.len(), 8);
+                        items += 1;
+                    }
+                    assert!(batch.rest().is_empty(), "nothing after the last item");
+                    frames += 1;
+                    batches += 1;
+                }
+                Kind::End => break,
+                _ => {}
+            }
+        }
+        assert_eq!(items, 500, "batching {batching}");
+        match batching {
+            true => assert!(batches > 0 && frames < 100, "{frames} frames, {batches} batches"),
+            false => assert_eq!(batches, 0, "Items frames to a peer that did not ask for them"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Chunked messages (PROTOCOL.md §14).
 

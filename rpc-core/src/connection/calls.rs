@@ -7,19 +7,19 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::ConnShared;
+use super::producer::{Sent, send_stream};
 use crate::client::Progress;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec;
 use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::message::{self, CallHead};
-use crate::stream::{CreditGate, RpcStream, StreamSender};
+use crate::stream::{RpcStream, StreamSender};
 
 /// A call this side has outstanding.
 pub(crate) struct Pending {
@@ -429,45 +429,22 @@ async fn produce_arguments<T: Serialize + Send + 'static>(
     credit: Arc<Semaphore>,
     mut input: RpcStream<T>,
 ) {
-    let mut credit = CreditGate::new(credit);
-    loop {
-        if credit.ready().await.is_err() {
-            return;
+    match send_stream(&conn, id, credit, &mut input).await {
+        Sent::Completed => {
+            let _ = conn.outbox.push(Kind::End, id, None, |_| Ok(()));
         }
-        match input.next().await {
-            Some(Ok(item)) => {
-                let queued = conn.queue_item(id, &item);
-                drop(item);
-                let sent = match queued {
-                    Ok((len, oversize)) => {
-                        credit.spend(len);
-                        conn.finish_message(id, oversize).await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = sent {
-                    tracing::debug!(
-                        connection = conn.id,
-                        call = id,
-                        "argument stream stopped: {e}"
-                    );
-                    conn.cancel_outbound(id);
-                    return;
-                }
-            }
-            Some(Err(e)) => {
-                // The caller's own stream failed: the call cannot complete meaningfully.
-                tracing::debug!(connection = conn.id, call = id, "argument stream failed: {e}");
-                let error =
-                    RpcError::new(e.kind(), format!("the argument stream failed: {}", e.message()));
-                conn.fail_outbound(id, &error);
-                return;
-            }
-            None => {
-                let _ = conn.outbox.push(Kind::End, id, None, |_| Ok(()));
-                return;
-            }
+        Sent::Failed(e) => {
+            // The caller's own stream failed: the call cannot complete meaningfully.
+            tracing::debug!(connection = conn.id, call = id, "argument stream failed: {e}");
+            let error =
+                RpcError::new(e.kind(), format!("the argument stream failed: {}", e.message()));
+            conn.fail_outbound(id, &error);
         }
+        Sent::Unsent(e) => {
+            tracing::debug!(connection = conn.id, call = id, "argument stream stopped: {e}");
+            conn.cancel_outbound(id);
+        }
+        Sent::Gone => {}
     }
 }
 
@@ -509,8 +486,8 @@ pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
                 let _ = tx.send(frame);
             }
             Sink::Stream(tx) => {
-                if tx.send(frame).is_err() {
-                    conn.protocol_error(0, "a stream item beyond the granted credit");
+                if let Err(refused) = tx.send(frame) {
+                    conn.protocol_error(0, refused.reason());
                 }
             }
             Sink::Routed { caller, caller_id, _slot } => {
@@ -524,10 +501,10 @@ pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
     }
     match table.get(&frame.id).map(|p| &p.sink) {
         Some(Sink::Stream(tx)) => {
-            let overrun = tx.send(frame).is_err();
+            let sent = tx.send(frame);
             drop(table);
-            if overrun {
-                conn.protocol_error(0, "a stream item beyond the granted credit");
+            if let Err(refused) = sent {
+                conn.protocol_error(0, refused.reason());
             }
         }
         Some(Sink::Routed { caller, caller_id, .. }) => {
@@ -575,9 +552,34 @@ pub(crate) fn on_credit(conn: &Arc<ConnShared>, frame: Frame) {
 }
 
 /// Queues an already-encoded frame on `to` (routing: the body is copied, never re-encoded).
+/// An Items frame for a peer that does not read them goes as one Item frame per item.
 pub(crate) fn forward(to: &Arc<ConnShared>, kind: Kind, id: u32, body: &[u8]) {
+    if kind == Kind::Items && !to.batch_items {
+        return forward_items_one_by_one(to, id, body);
+    }
     if let Err(e) = to.outbox.push_raw(kind, id, None, body) {
         let e = e.into_rpc_error(to.limits.frame_limit());
         to.on_push_error(&e);
+    }
+}
+
+fn forward_items_one_by_one(to: &Arc<ConnShared>, id: u32, body: &[u8]) {
+    let Ok(mut batch) = message::ItemBatch::new(body) else {
+        tracing::debug!(connection = to.id, call = id, "dropped a malformed Items frame");
+        return;
+    };
+    loop {
+        match batch.next_item(to.limits.depth_limit()) {
+            Ok(Some(item)) => forward(to, Kind::Item, id, item),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(
+                    connection = to.id,
+                    call = id,
+                    "dropped the rest of a malformed Items frame: {e}"
+                );
+                return;
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use super::{ConnShared, Connection, Role};
 use crate::error::RpcError;
 use crate::kernel::RpcKernel;
 use crate::protocol::frame::{self, FrameDecoder, FrameError, Kind};
-use crate::protocol::message::{GoAway, GoAwayCode, Hello, PROTOCOL_VERSION};
+use crate::protocol::message::{FEATURE_ITEM_BATCHES, GoAway, GoAwayCode, Hello, PROTOCOL_VERSION};
 use crate::transport::{Transport, TransportReader, TransportWriter};
 
 /// Reads until one whole frame is buffered, within `deadline`.
@@ -55,6 +55,7 @@ fn hello_bytes(connection_id: u64, limits: &crate::Limits) -> bytes::Bytes {
         max_calls: limits.max_calls_in_flight.min(u32::MAX as usize) as u32,
         max_streams: limits.max_streams.min(u32::MAX as usize) as u32,
         max_frame: limits.frame_limit() as u32,
+        features: FEATURE_ITEM_BATCHES,
     }
     .encode(&mut out);
     frame::finish_frame(&mut out, start);

@@ -557,10 +557,10 @@ pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
     match table.get_mut(&frame.id) {
         Some(Inbound::Local { args: args @ Some(_), .. }) => {
             if let Some(tx) = args.as_ref()
-                && tx.send(frame.clone()).is_err()
+                && let Err(refused) = tx.send(frame.clone())
             {
                 drop(table);
-                return conn.protocol_error(frame.id, "an argument item beyond the granted credit");
+                return conn.protocol_error(frame.id, refused.reason());
             }
             if frame.kind == Kind::End {
                 *args = None;

@@ -1,6 +1,7 @@
 //! One connection, symmetric: either end may call and either may serve.
 //!
 //! - [`outbox`]: the single coalescing write queue.
+//! - [`producer`]: sends a local stream's items within the remote's credit, batched.
 //! - [`calls`]: calls this side started (ids, pending table, cancellation).
 //! - [`deadlines`]: the one timer per connection that times those calls out.
 //! - [`inbound`]: calls the remote started (dispatch to the kernel, slots, cancellation).
@@ -15,6 +16,7 @@ pub(crate) mod deadlines;
 pub(crate) mod driver;
 pub(crate) mod inbound;
 pub(crate) mod outbox;
+pub(crate) mod producer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,6 +91,8 @@ pub(crate) struct ConnShared {
     pub(crate) outbound: Mutex<IdMap<Pending>>,
     /// When the unary calls in `outbound` time out.
     pub(crate) deadlines: deadlines::CallDeadlines,
+    /// The remote accepts Items frames (several stream items per frame).
+    pub(crate) batch_items: bool,
     pub(crate) inbound: Mutex<IdMap<Inbound>>,
     pub(crate) session: RwLock<Arc<Session>>,
     /// The frame limit the read loop enforces (raised once authenticated).
@@ -156,6 +160,7 @@ impl ConnShared {
             next_id: AtomicU32::new(if role == Role::Dialer { 1 } else { 2 }),
             outbound: Mutex::new(IdMap::default()),
             deadlines: deadlines::CallDeadlines::new(),
+            batch_items: remote.features & crate::protocol::message::FEATURE_ITEM_BATCHES != 0,
             inbound: Mutex::new(IdMap::default()),
             session: RwLock::new(Arc::new(Session::anonymous())),
             closed: AtomicBool::new(false),
@@ -413,8 +418,8 @@ impl ConnShared {
             Kind::Reply | Kind::Error | Kind::StreamOpen if local => {
                 calls::on_response(self, frame)
             }
-            Kind::Item | Kind::End if local => calls::on_response(self, frame),
-            Kind::Item | Kind::End => inbound::argument_frame(self, frame),
+            Kind::Item | Kind::Items | Kind::End if local => calls::on_response(self, frame),
+            Kind::Item | Kind::Items | Kind::End => inbound::argument_frame(self, frame),
             Kind::Credit if local => calls::on_credit(self, frame),
             Kind::Credit => inbound::credit(self, frame),
             Kind::Ping => {

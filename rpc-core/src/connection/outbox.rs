@@ -122,6 +122,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Frames of chunkable kinds above this size go out in chunks.
+    pub(crate) fn chunk_limit(&self) -> usize {
+        self.chunk_above
+    }
+
     /// Queues a frame whose body is already encoded (forwarded frames: no re-encoding).
     pub(crate) fn push_raw(
         &self,

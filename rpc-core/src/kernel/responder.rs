@@ -7,19 +7,19 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::connection::ConnShared;
 use crate::connection::outbox::PushError;
+use crate::connection::producer::{Sent, send_stream};
 use crate::error::{ErrorKind, RpcError};
 use crate::kernel::context::Context;
 use crate::kernel::controller::ActionError;
 use crate::protocol::codec::{self, ArgsReader};
 use crate::protocol::frame::{Frame, Kind};
-use crate::stream::{CreditGate, RpcStream};
+use crate::stream::RpcStream;
 
 /// Proof that an action's answer has been queued, with how the call ended (what
 /// middleware and events see).
@@ -142,44 +142,18 @@ impl Responder {
         }
         self.conn.kernel.stats_stream_opened();
         let _open = StreamGauge(self.conn.kernel.clone());
-        let mut credit = CreditGate::new(credit);
-        loop {
-            // Credit first: the producer never runs ahead of what the consumer granted.
-            if credit.ready().await.is_err() {
-                return Replied::failed(ErrorKind::Disconnected);
+        match send_stream(&self.conn, self.id, credit, &mut stream).await {
+            Sent::Completed => {
+                self.conn.release_inbound(self.id);
+                let _ = self.conn.outbox.push(Kind::End, self.id, None, |_| Ok(()));
+                Replied::ok()
             }
-            // One unit of the task's cooperative budget per item: a producer whose stream is
-            // always ready still yields regularly, so the writer drains the queue between
-            // its batches.
-            tokio::task::consume_budget().await;
-            match stream.next().await {
-                Some(Ok(item)) => {
-                    let queued = self.conn.queue_item(self.id, &item);
-                    drop(item);
-                    let pushed = match queued {
-                        Ok((len, oversize)) => {
-                            credit.spend(len);
-                            self.conn.finish_message(self.id, oversize).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = pushed {
-                        let kind = e.kind();
-                        self.conn.answer_error(self.id, &e);
-                        return Replied::failed(kind);
-                    }
-                }
-                Some(Err(e)) => {
-                    let kind = e.kind();
-                    self.conn.answer_error(self.id, &e);
-                    return Replied::failed(kind);
-                }
-                None => {
-                    self.conn.release_inbound(self.id);
-                    let _ = self.conn.outbox.push(Kind::End, self.id, None, |_| Ok(()));
-                    return Replied::ok();
-                }
+            Sent::Failed(e) | Sent::Unsent(e) => {
+                let kind = e.kind();
+                self.conn.answer_error(self.id, &e);
+                Replied::failed(kind)
             }
+            Sent::Gone => Replied::failed(ErrorKind::Disconnected),
         }
     }
 

@@ -53,6 +53,9 @@ pub enum Kind {
     Chunk = 0x18,
     /// The receiver of this frame may send that many more chunk bytes on this call.
     ChunkCredit = 0x19,
+    /// Several items of a stream in one frame: a MessagePack array of them (sent only to a
+    /// peer whose Hello has `FEATURE_ITEM_BATCHES`).
+    Items = 0x1a,
     /// Registers the sender under a peer alias.
     PeerRegister = 0x20,
     /// Releases the sender's peer alias.
@@ -79,6 +82,7 @@ impl Kind {
             0x17 => Credit,
             0x18 => Chunk,
             0x19 => ChunkCredit,
+            0x1a => Items,
             0x20 => PeerRegister,
             0x21 => PeerUnregister,
             _ => return None,

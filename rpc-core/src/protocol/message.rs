@@ -83,13 +83,20 @@ pub struct Hello {
     /// The largest frame the sender accepts (length prefix excluded); the receiver cuts its
     /// messages into chunks that fit.
     pub max_frame: u32,
+    /// Optional protocol features the sender understands (bits of `FEATURE_*`; 0 from
+    /// peers that send no such field).
+    pub features: u64,
 }
+
+/// Hello feature bit: the sender accepts **Items** frames (several stream items in one
+/// frame, `PROTOCOL.md` §9.5).
+pub const FEATURE_ITEM_BATCHES: u64 = 1;
 
 impl Hello {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
         let mut w = out.writer();
-        let _ = enc::write_array_len(&mut w, 7);
+        let _ = enc::write_array_len(&mut w, 8);
         let _ = enc::write_str(&mut w, MAGIC);
         let _ = enc::write_uint(&mut w, self.min_version as u64);
         let _ = enc::write_uint(&mut w, self.max_version as u64);
@@ -97,6 +104,7 @@ impl Hello {
         let _ = enc::write_uint(&mut w, self.max_calls as u64);
         let _ = enc::write_uint(&mut w, self.max_streams as u64);
         let _ = enc::write_uint(&mut w, self.max_frame as u64);
+        let _ = enc::write_uint(&mut w, self.features);
     }
 
     /// Decodes the body.
@@ -115,7 +123,16 @@ impl Hello {
             if n >= 6 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 1024 };
         let max_frame =
             if n >= 7 { read_uint(rest, "Hello")?.min(u32::MAX as u64) as u32 } else { 1 << 20 };
-        Ok(Hello { min_version, max_version, connection_id, max_calls, max_streams, max_frame })
+        let features = if n >= 8 { read_uint(rest, "Hello")? } else { 0 };
+        Ok(Hello {
+            min_version,
+            max_version,
+            connection_id,
+            max_calls,
+            max_streams,
+            max_frame,
+            features,
+        })
     }
 
     /// The highest version both sides speak.
@@ -337,6 +354,71 @@ pub fn stream_item_cost(body_len: usize) -> u64 {
 /// The fixed part of [`stream_item_cost`].
 pub const STREAM_ITEM_OVERHEAD: u64 = 64;
 
+/// The body of an **Items** frame: a MessagePack array of stream items, read one item at a
+/// time (each checked by [`codec::value_len`] before anyone decodes it).
+///
+/// ```
+/// use rpc_core::protocol::message::ItemBatch;
+///
+/// // [1, "two"]
+/// let body = [0x92, 0x01, 0xa3, b't', b'w', b'o'];
+/// let mut batch = ItemBatch::new(&body).unwrap();
+/// assert_eq!(batch.cost(), 5 + 2 * 64); // the items' 5 bytes plus 64 each
+/// assert_eq!(batch.next_item(64).unwrap(), Some(&[0x01][..]));
+/// assert_eq!(batch.next_item(64).unwrap(), Some(&body[2..]));
+/// assert_eq!(batch.next_item(64).unwrap(), None);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ItemBatch<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+}
+
+impl<'a> ItemBatch<'a> {
+    /// Reads the array header; an empty batch is malformed.
+    pub fn new(body: &'a [u8]) -> Result<ItemBatch<'a>, DecodeError> {
+        let mut rest = body;
+        let remaining = rmp::decode::read_array_len(&mut rest).map_err(|_| malformed("Items"))?;
+        if remaining == 0 {
+            return Err(malformed("Items (no items)"));
+        }
+        Ok(ItemBatch { rest, remaining })
+    }
+
+    /// Items not yet read.
+    pub fn remaining(&self) -> u32 {
+        self.remaining
+    }
+
+    /// What the whole batch costs in stream credit: as much as its items sent one by one
+    /// (see [`stream_item_cost`]).
+    pub fn cost(&self) -> u64 {
+        self.rest.len() as u64 + STREAM_ITEM_OVERHEAD * self.remaining as u64
+    }
+
+    /// The next item's encoded bytes, or `None` after the last.
+    pub fn next_item(&mut self, max_depth: usize) -> Result<Option<&'a [u8]>, DecodeError> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let len = codec::value_len(self.rest, max_depth)?;
+        let (item, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        self.remaining -= 1;
+        Ok(Some(item))
+    }
+
+    /// The bytes after the items read so far.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+/// Writes the array header of an Items body holding `count` items.
+pub fn encode_items_header(out: &mut BytesMut, count: u32) {
+    let _ = enc::write_array_len(&mut out.writer(), count);
+}
+
 /// Reads a body holding one unsigned integer (Credit, ChunkCredit).
 pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
     let v = read_uint(&mut body, "Credit")?;
@@ -446,11 +528,13 @@ mod tests {
             max_calls: 5,
             max_streams: 6,
             max_frame: 7,
+            features: FEATURE_ITEM_BATCHES,
         }
         .encode(&mut out);
         let h = Hello::decode(&out).unwrap();
         assert_eq!(h.negotiate(), Some(1));
         assert_eq!((h.connection_id, h.max_calls, h.max_streams, h.max_frame), (9, 5, 6, 7));
+        assert_eq!(h.features, FEATURE_ITEM_BATCHES);
         assert_eq!(
             Hello {
                 min_version: 2,
@@ -459,10 +543,25 @@ mod tests {
                 max_calls: 1,
                 max_streams: 1,
                 max_frame: 4096,
+                features: 0,
             }
             .negotiate(),
             None
         );
+    }
+
+    #[test]
+    fn an_items_body_that_promises_more_than_it_holds_fails_at_the_missing_item() {
+        // [1, 2, ?]: three items announced, two present.
+        let body = [0x93, 0x01, 0x02];
+        let mut batch = ItemBatch::new(&body).unwrap();
+        assert_eq!(batch.next_item(8).unwrap(), Some(&[0x01][..]));
+        assert_eq!(batch.next_item(8).unwrap(), Some(&[0x02][..]));
+        assert!(batch.next_item(8).is_err());
+        // Too deep for the limit.
+        let deep = [0x91, 0x91, 0x91, 0x01];
+        assert!(ItemBatch::new(&deep).unwrap().next_item(1).is_err());
+        assert!(ItemBatch::new(&[0x90]).is_err(), "an empty batch is malformed");
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub fn hello(max_calls: u32) -> Vec<u8> {
     frame_bytes(Kind::Hello, 0, None, &body)
 }
 
+/// A Hello that also announces optional protocol `features` (`message::FEATURE_*`).
+pub fn hello_with_features(max_calls: u32, features: u64) -> Vec<u8> {
+    let body =
+        codec::encode_value(&("rpc", 1u32, 1u32, 0u64, max_calls, 1024u32, 1u32 << 20, features))
+            .unwrap();
+    frame_bytes(Kind::Hello, 0, None, &body)
+}
+
 /// A Call body with already encoded arguments.
 pub fn call_body_raw(
     controller: &str,
@@ -138,8 +146,13 @@ impl RawPeer {
 
     /// As [`RawPeer::connect`] with a duplex buffer of `buffer` bytes per direction.
     pub async fn connect_with(kernel: &RpcKernel, buffer: usize) -> RawPeer {
+        RawPeer::connect_saying(kernel, buffer, &hello(1000)).await
+    }
+
+    /// As [`RawPeer::connect`], opening with the Hello frame `hello`.
+    pub async fn connect_saying(kernel: &RpcKernel, buffer: usize, hello: &[u8]) -> RawPeer {
         let (mut peer, accept) = RawPeer::open(kernel, buffer);
-        peer.send(&hello(1000)).await;
+        peer.send(hello).await;
         let conn = accept.await.expect("accept task").expect("handshake");
         let first = peer.recv().await.expect("server Hello");
         assert_eq!(first.kind, Kind::Hello);
