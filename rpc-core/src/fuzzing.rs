@@ -1044,8 +1044,21 @@ pub fn decode_ops(input: &mut Input<'_>) -> Vec<Op> {
             4 => Op::Frame { kind: Kind::Cancel, id: pick_id(input), body: Vec::new() },
             5 => {
                 let id = pick_id(input);
-                let body = codec::encode_value(&(input.u8() as u64)).unwrap();
-                Op::Frame { kind: Kind::Item, id, body }
+                match input.u8() % 4 {
+                    0 => {
+                        // An Items frame of one to four items.
+                        let items: Vec<u64> = (0..1 + input.u8() % 4).map(u64::from).collect();
+                        Op::Frame {
+                            kind: Kind::Items,
+                            id,
+                            body: codec::encode_value(&items).unwrap(),
+                        }
+                    }
+                    _ => {
+                        let body = codec::encode_value(&(input.u8() as u64)).unwrap();
+                        Op::Frame { kind: Kind::Item, id, body }
+                    }
+                }
             }
             6 => Op::Frame { kind: Kind::End, id: pick_id(input), body: Vec::new() },
             7 => {
