@@ -444,6 +444,29 @@ transport_tests! {
         assert!(state.produced.load(SeqCst) > 20);
     }
 
+    async fn many_fast_streams_do_not_overrun_the_outbound_queue(h: Harness) {
+        // 64 streams of 32 KiB items, all read: together their windows (64 x 256 KiB) are
+        // twice the server's outbound queue (8 MiB). Producers must wait for the writer
+        // instead of queueing past it, or the connection is closed as a slow consumer
+        // though its reader keeps up.
+        let client = h.client();
+        let p = client.controller::<StreamsClient>();
+        let opens = (0..64).map(|_| {
+            let p = p.clone();
+            async move { p.blobs(32 << 10).await.unwrap() }
+        });
+        let streams = within(Duration::from_secs(10), "opening", futures::future::join_all(opens)).await;
+        let reads = streams.into_iter().map(|s| async move {
+            let items: Vec<_> = s.take(24).collect().await;
+            assert!(items.iter().all(|i| i.as_ref().is_ok_and(|b| b.len() == 32 << 10)));
+            items.len()
+        });
+        let counts = within(Duration::from_secs(20), "reading", futures::future::join_all(reads)).await;
+        assert!(counts.iter().all(|&n| n == 24), "{counts:?}");
+        assert_eq!(p.ping(5).await.unwrap(), 5, "the connection is still up");
+        assert_eq!(h.kernel.stats().total_connections, 1);
+    }
+
     async fn unread_stream_does_not_delay_calls(h: Harness) {
         let state = state();
         // 32 KiB items (each costs a little more than 32 KiB of credit): a full window of

@@ -3,11 +3,13 @@
 //! queued while a write was in progress leave in one syscall, and encoding allocates nothing
 //! per message (the buffer's capacity is reused once the previous write has completed).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::error::RpcError;
 use crate::protocol::chunk;
@@ -27,6 +29,10 @@ pub(crate) struct Outbox {
     /// The writer, waiting for frames. A wake costs one atomic swap and a schedule (a
     /// `Notify` costs a lock and a waiter list: measured ~700 instructions per batch).
     writer: AtomicWaker,
+    /// Producers waiting for the queue to fall to half of `max_bytes` ([`Outbox::writable`]).
+    drained: Notify,
+    /// How many producers wait on `drained` (the writer notifies only if some do).
+    blocked: AtomicUsize,
     max_bytes: usize,
     max_frame: usize,
     /// Messages above this size are handed back to be sent in chunks.
@@ -76,6 +82,8 @@ impl Outbox {
                 frames: 0,
             }),
             writer: AtomicWaker::new(),
+            drained: Notify::new(),
+            blocked: AtomicUsize::new(0),
             max_bytes,
             max_frame,
             chunk_above,
@@ -173,6 +181,8 @@ impl Outbox {
                 // often finished, so the same allocation is reclaimed instead of a fresh one
                 // being made while this batch still shares it.
                 let out = st.buf.split().freeze();
+                drop(st);
+                self.wake_producers();
                 return Poll::Ready(Some((out, frames)));
             }
             if st.closed {
@@ -188,10 +198,43 @@ impl Outbox {
         self.state.lock().buf.len()
     }
 
+    /// Waits while more than half of the queue's bound is waiting to be written (returns at
+    /// once after close).
+    ///
+    /// Producers that can run ahead of the writer (streams, whose credit windows together
+    /// may exceed the bound) call it before queueing more: the queue's hard bound then only
+    /// ever catches a remote that stopped reading, never a writer that has not had its turn.
+    pub(crate) async fn writable(&self) {
+        loop {
+            // Announced before looking: a writer that drains after the look sees the count
+            // and wakes this waiter (`notified` receives wake-ups from its creation on).
+            let drained = self.drained.notified();
+            self.blocked.fetch_add(1, Ordering::SeqCst);
+            let ready = {
+                let st = self.state.lock();
+                st.closed || st.buf.len() <= self.max_bytes / 2
+            };
+            if !ready {
+                drained.await;
+            }
+            self.blocked.fetch_sub(1, Ordering::SeqCst);
+            if ready {
+                return;
+            }
+        }
+    }
+
+    fn wake_producers(&self) {
+        if self.blocked.load(Ordering::SeqCst) > 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
     /// Refuses further frames; what is queued is still written.
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
         self.writer.wake();
+        self.wake_producers();
     }
 
     /// Drops everything queued and refuses further frames.
@@ -201,11 +244,14 @@ impl Outbox {
         st.buf.clear();
         drop(st);
         self.writer.wake();
+        self.wake_producers();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::protocol::FrameDecoder;
 
@@ -227,6 +273,35 @@ mod tests {
         for id in 1..=3 {
             assert_eq!(d.next_frame().unwrap().unwrap().id, id);
         }
+    }
+
+    #[tokio::test]
+    async fn producers_wait_above_half_the_bound_until_the_writer_drains() {
+        let outbox = std::sync::Arc::new(Outbox::new(1000, 1 << 20, 1 << 20));
+        let fill = |n: usize| outbox.push_raw(Kind::Item, 1, None, &vec![0; n]).unwrap();
+        fill(400);
+        tokio::time::timeout(Duration::from_millis(10), outbox.writable())
+            .await
+            .expect("below half: at once");
+        fill(200);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.writable().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "above half: waits");
+        outbox.take().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        // Close releases waiters too.
+        fill(600);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.writable().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        outbox.close();
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
     }
 
     #[test]

@@ -50,8 +50,12 @@ pub(crate) async fn send_stream<T: Serialize + Send + 'static>(
         if credit.ready().await.is_err() {
             return Sent::Gone;
         }
-        // One unit of the task's cooperative budget per round: a producer whose stream is
-        // always ready still yields regularly, so the writer drains the queue.
+        // Streams together may be granted more than the outbound queue holds: wait for the
+        // writer rather than overrun it (which would close the connection as a slow
+        // consumer though the remote reads).
+        conn.outbox.writable().await;
+        // One unit of the task's cooperative budget per round, so that a producer whose
+        // stream is always ready still lets the connection's other tasks run.
         tokio::task::consume_budget().await;
         // The first item goes out alone, encoded straight into the outbox (in chunks if it
         // is large).
