@@ -188,11 +188,21 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let message = self.read_bytes().await?;
+        buf.extend_from_slice(&message);
+        Ok(message.len())
+    }
+
+    /// Each binary message is handed over whole: the connection cuts its frames out of
+    /// it without copying.
+    const RECEIVES_BUFFERS: bool = true;
+
+    async fn read_bytes(&mut self) -> io::Result<Bytes> {
         // Cancel-safe: `next()` either yields a whole message, which is consumed before the
         // next await, or nothing.
         loop {
             let message = match self.stream.next().await {
-                None => return Ok(0),
+                None => return Ok(Bytes::new()),
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
                     if let Some(frame) = close_for_error(&e) {
@@ -205,8 +215,7 @@ where
                 Message::Binary(data) => {
                     // An empty message carries no frame (and `Ok(0)` would mean end of stream).
                     if !data.is_empty() {
-                        buf.extend_from_slice(&data);
-                        return Ok(data.len());
+                        return Ok(data);
                     }
                 }
                 Message::Text(_) => {
@@ -220,10 +229,10 @@ where
                         "a text message arrived: frames travel in binary messages (closed with 1003)",
                     ));
                 }
-                Message::Close(None) => return Ok(0),
+                Message::Close(None) => return Ok(Bytes::new()),
                 Message::Close(Some(frame)) => {
                     return match frame.code {
-                        CloseCode::Normal | CloseCode::Away => Ok(0),
+                        CloseCode::Normal | CloseCode::Away => Ok(Bytes::new()),
                         code => Err(io::Error::new(
                             io::ErrorKind::ConnectionAborted,
                             format!(

@@ -225,6 +225,24 @@ async fn write_loop<W: TransportWriter>(shared: Arc<ConnShared>, mut writer: W) 
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
 }
 
+/// Receives the next bytes into `decoder`: a transport that receives whole buffers hands
+/// them over (no copy); any other reads into the decoder's reserved buffer. Cancel-safe if
+/// the transport is.
+async fn receive<R: TransportReader>(
+    reader: &mut R,
+    decoder: &mut FrameDecoder,
+) -> std::io::Result<usize> {
+    if R::RECEIVES_BUFFERS {
+        let received = reader.read_bytes().await?;
+        let n = received.len();
+        decoder.push_bytes(received);
+        Ok(n)
+    } else {
+        decoder.reserve_for_read();
+        reader.read(decoder.buffer()).await
+    }
+}
+
 /// The read loop: bytes in, frames to [`ConnShared::handle_frame`], plus the connection's
 /// timers (keepalive and frame completion), computed lazily from timestamps.
 async fn read_loop<R: TransportReader>(
@@ -252,11 +270,10 @@ async fn read_loop<R: TransportReader>(
     }
     loop {
         decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));
-        decoder.reserve_for_read();
         tokio::select! {
             biased;
             _ = &mut closed => break,
-            read = reader.read(decoder.buffer()) => match read {
+            read = receive(&mut reader, &mut decoder) => match read {
                 Ok(0) => {
                     let reason = if decoder.in_frame() { "the remote closed in the middle of a frame" } else { "the remote closed the connection" };
                     shared.close(RpcError::disconnected(reason), None);

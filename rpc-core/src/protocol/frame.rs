@@ -179,6 +179,9 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// A received buffer handed over whole ([`FrameDecoder::push_bytes`]): frames are cut
+    /// out of it without copying. Never set while `buf` holds bytes.
+    owned: Bytes,
     limit: usize,
     reservation: usize,
 }
@@ -186,7 +189,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder accepting frames up to `limit` bytes (length prefix excluded).
     pub fn new(limit: usize) -> FrameDecoder {
-        FrameDecoder { buf: BytesMut::new(), limit, reservation: 64 << 10 }
+        FrameDecoder { buf: BytesMut::new(), owned: Bytes::new(), limit, reservation: 64 << 10 }
     }
 
     /// Changes the frame limit (for example once the connection authenticated).
@@ -214,14 +217,40 @@ impl FrameDecoder {
         &mut self.buf
     }
 
+    /// Takes a whole received buffer (from a transport that receives buffers, such as
+    /// WebSocket messages): the frames it holds are returned as views into it, not copies.
+    ///
+    /// ```
+    /// use bytes::{Bytes, BytesMut};
+    /// use rpc_core::protocol::frame::{Frame, FrameDecoder, Kind};
+    ///
+    /// let mut wire = BytesMut::new();
+    /// Frame::new(Kind::Reply, 3, Bytes::from_static(b"\xc0")).encode(&mut wire);
+    /// let received = wire.freeze();
+    /// let mut decoder = FrameDecoder::new(1 << 20);
+    /// decoder.push_bytes(received.clone());
+    /// let frame = decoder.next_frame().unwrap().unwrap();
+    /// assert!(received.as_ptr_range().contains(&frame.body.as_ptr()), "no copy");
+    /// ```
+    pub fn push_bytes(&mut self, received: Bytes) {
+        if self.buf.is_empty() && self.owned.is_empty() {
+            self.owned = received;
+        } else {
+            // Behind a partial frame: join it the ordinary way.
+            let owned = std::mem::take(&mut self.owned);
+            self.buf.extend_from_slice(&owned);
+            self.buf.extend_from_slice(&received);
+        }
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.owned.len()
     }
 
     /// Whether a frame has started but not finished arriving.
     pub fn in_frame(&self) -> bool {
-        !self.buf.is_empty()
+        !self.buf.is_empty() || !self.owned.is_empty()
     }
 
     /// Makes room for the next read: at most [`FrameDecoder::reservation`] bytes, and no more
@@ -243,24 +272,37 @@ impl FrameDecoder {
     /// The next whole frame, `Ok(None)` if more bytes are needed, or an error that ends the
     /// connection.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buf.len() < LEN_PREFIX {
-            return Ok(None);
+        if !self.owned.is_empty() {
+            if let Some(total) = whole_frame(&self.owned, self.limit)? {
+                let mut frame = self.owned.split_to(total);
+                frame.advance(LEN_PREFIX);
+                return parse_frame(frame).map(Some);
+            }
+            // The rest of the buffer is the start of a frame: keep it the ordinary way.
+            let owned = std::mem::take(&mut self.owned);
+            self.buf.extend_from_slice(&owned);
         }
-        let declared =
-            u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if declared > self.limit {
-            return Err(FrameError::TooLarge { declared, limit: self.limit });
-        }
-        if declared < HEADER {
-            return Err(FrameError::TooShort(declared));
-        }
-        if self.buf.len() < LEN_PREFIX + declared {
-            return Ok(None);
-        }
-        let mut frame = self.buf.split_to(LEN_PREFIX + declared).freeze();
+        let Some(total) = whole_frame(&self.buf, self.limit)? else { return Ok(None) };
+        let mut frame = self.buf.split_to(total).freeze();
         frame.advance(LEN_PREFIX);
         parse_frame(frame).map(Some)
     }
+}
+
+/// The length (prefix included) of the frame at the start of `buf` if all of it is there;
+/// an error as soon as its declared length is known to be out of bounds.
+fn whole_frame(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let declared = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if declared > limit {
+        return Err(FrameError::TooLarge { declared, limit });
+    }
+    if declared < HEADER {
+        return Err(FrameError::TooShort(declared));
+    }
+    Ok((buf.len() >= LEN_PREFIX + declared).then_some(LEN_PREFIX + declared))
 }
 
 /// Parses one frame without its length prefix.
@@ -324,6 +366,44 @@ mod tests {
         let mut out = BytesMut::new();
         frame.encode(&mut out);
         out
+    }
+
+    #[test]
+    fn received_buffers_split_into_frames_even_across_buffers() {
+        let frames: Vec<Frame> = (1..=3)
+            .map(|id| Frame::new(Kind::Reply, id, Bytes::from(vec![id as u8; 100])))
+            .collect();
+        let mut all = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut all);
+        }
+        let all = all.freeze();
+        // Cut in the middle of the second frame: the first comes out as a view, the second
+        // once the rest arrives, the third (whole in the second buffer) as well.
+        let cut = all.len() / 2;
+        let mut d = FrameDecoder::new(1 << 20);
+        d.push_bytes(all.slice(..cut));
+        let first = d.next_frame().unwrap().unwrap();
+        assert_eq!(first, frames[0]);
+        assert!(all.as_ptr_range().contains(&first.body.as_ptr()), "a view, not a copy");
+        assert_eq!(d.next_frame().unwrap(), None);
+        assert!(d.in_frame());
+        d.push_bytes(all.slice(cut..));
+        assert_eq!(d.next_frame().unwrap().as_ref(), Some(&frames[1]));
+        assert_eq!(d.next_frame().unwrap().as_ref(), Some(&frames[2]));
+        assert_eq!(d.next_frame().unwrap(), None);
+        assert!(!d.in_frame());
+    }
+
+    #[test]
+    fn a_received_buffer_is_held_to_the_frame_limit() {
+        let big = wire(&Frame::new(Kind::Reply, 1, Bytes::from(vec![0u8; 2000]))).freeze();
+        let mut d = FrameDecoder::new(1000);
+        d.push_bytes(big);
+        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
+        let mut d = FrameDecoder::new(1000);
+        d.push_bytes(Bytes::from_static(&[0, 0, 0, 1, 0x11]));
+        assert!(matches!(d.next_frame(), Err(FrameError::TooShort(1))));
     }
 
     #[test]

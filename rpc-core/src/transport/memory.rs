@@ -56,13 +56,15 @@ impl Transport for MemoryTransport {
 
 impl TransportReader for MemoryReader {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self.rx.recv().await {
-            Some(batch) => {
-                buf.extend_from_slice(&batch);
-                Ok(batch.len())
-            }
-            None => Ok(0),
-        }
+        let batch = self.read_bytes().await?;
+        buf.extend_from_slice(&batch);
+        Ok(batch.len())
+    }
+
+    const RECEIVES_BUFFERS: bool = true;
+
+    async fn read_bytes(&mut self) -> io::Result<Bytes> {
+        Ok(self.rx.recv().await.unwrap_or_default())
     }
 }
 

@@ -46,6 +46,20 @@ pub trait TransportReader: Send + 'static {
     /// returns how many; `Ok(0)` means the remote closed in an orderly way. Must be
     /// cancel-safe: dropping the future loses no bytes.
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Whether the transport receives whole buffers (WebSocket messages, in-memory
+    /// batches): the connection then calls [`read_bytes`](Self::read_bytes) instead of
+    /// [`read`](Self::read) and cuts frames out of each buffer without copying it.
+    const RECEIVES_BUFFERS: bool = false;
+
+    /// The next received buffer, owned; an empty one means the remote closed in an orderly
+    /// way. Called only when [`RECEIVES_BUFFERS`](Self::RECEIVES_BUFFERS) is true; must be
+    /// cancel-safe.
+    fn read_bytes(&mut self) -> impl Future<Output = io::Result<Bytes>> + Send {
+        async {
+            Err(io::Error::other("this transport reads into a buffer (TransportReader::read)"))
+        }
+    }
 }
 
 /// The write half of a transport.
