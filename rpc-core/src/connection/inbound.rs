@@ -2,10 +2,10 @@
 //! deadlines, and authentication requests.
 //!
 //! A call is first polled on the read loop ([`run_inline_or_spawn`]); one that must wait runs
-//! on in its own task, so a waiting call never delays another. A call's slot is held by a
-//! guard inside the call's future and is released only when that future has really been
-//! dropped, whether it finished, panicked, timed out or was cancelled (the HTTP/2
-//! rapid-reset lesson: a cancel never frees a slot early).
+//! on in its own task, so a waiting call never delays another. A call's slot is held by its
+//! [`Responder`] inside the call's future: it is released when the final answer is queued,
+//! or else only when that future has really been dropped, whether it panicked, timed out or
+//! was cancelled (the HTTP/2 rapid-reset lesson: a cancel never frees a slot early).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -70,8 +70,10 @@ impl Inbound {
     }
 }
 
-/// Releases the call's slot when the task's future is dropped, however it ends.
-struct SlotGuard {
+/// A running call's slot: its table entry, its argument bytes and its place in the stats.
+/// The call's [`Responder`] holds it and drops it just before queueing the final answer, or
+/// with itself when the call ends unanswered (rejected, cancelled, timed out, panicked).
+pub(crate) struct SlotGuard {
     conn: Arc<ConnShared>,
     id: u32,
     /// Argument bytes counted toward the in-flight budgets.
@@ -227,7 +229,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         return conn.send_error(id, &e);
     }
     conn.kernel.stats_call_started();
-    let guard = SlotGuard { conn: conn.clone(), id, bytes };
+    let slot = SlotGuard { conn: conn.clone(), id, bytes };
     let ctx = Context {
         connection: crate::Connection { shared: conn.clone() },
         session: conn.session.read().clone(),
@@ -243,6 +245,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         credit: credit.clone(),
         window,
         args: parking_lot::Mutex::new(args_rx),
+        slot: Some(slot),
     };
     table.insert(id, Inbound::Local { abort: None, credit, args: args_tx });
     drop(table);
@@ -252,7 +255,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     }
     let names = (resolved.controller_name, resolved.action.name);
     let inline = head.arg_values <= conn.limits.max_inline_values;
-    let call = run_call(guard, resolved.controller, resolved.index, args, responder, deadline);
+    let call = run_call(resolved.controller, resolved.index, args, responder, deadline);
     match inline {
         true => run_inline_or_spawn(conn, id, names, call),
         false => spawn_call(conn, id, call),
@@ -304,15 +307,14 @@ fn run_inline_or_spawn(
 /// The body of a call's task: access check, argument decoding, middleware, the handler,
 /// the caller's deadline, and panics turned into `Internal` errors.
 async fn run_call(
-    guard: SlotGuard,
     controller: Arc<dyn crate::Controller>,
     index: usize,
     args: bytes::Bytes,
     responder: Responder,
     deadline: Option<Duration>,
 ) {
-    let conn = guard.conn.clone();
-    let id = guard.id;
+    let conn = responder.conn.clone();
+    let id = responder.id;
     let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
     let kernel = conn.kernel.clone();
     // The policy decides first (reported as AccessDecided); a denied call still starts and
@@ -341,7 +343,6 @@ async fn run_call(
         elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
         outcome,
     });
-    drop(guard);
 }
 
 /// Asks the policy whether the call may run; a denial is answered here.

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::connection::ConnShared;
+use crate::connection::inbound::SlotGuard;
 use crate::connection::outbox::PushError;
 use crate::connection::producer::{Sent, send_stream};
 use crate::error::{ErrorKind, RpcError};
@@ -54,6 +55,10 @@ pub struct Responder {
     pub(crate) window: u32,
     /// The caller's argument stream, until the handler takes it.
     pub(crate) args: parking_lot::Mutex<Option<(mpsc::UnboundedReceiver<Frame>, Arc<AtomicI64>)>>,
+    /// The call's slot: released just before the final answer is queued (so the caller
+    /// may start its next call as soon as it reads it), or when the responder is dropped
+    /// unanswered.
+    pub(crate) slot: Option<SlotGuard>,
 }
 
 impl Responder {
@@ -80,8 +85,8 @@ impl Responder {
     }
 
     /// Answers with a value.
-    pub fn reply_value<T: Serialize + ?Sized>(self, value: &T) -> Replied {
-        self.conn.release_inbound(self.id);
+    pub fn reply_value<T: Serialize + ?Sized>(mut self, value: &T) -> Replied {
+        self.slot.take();
         let pushed =
             self.conn.outbox.push(Kind::Reply, self.id, None, |buf| codec::encode_into(buf, value));
         if let Err(PushError::Oversize(frame)) = pushed {
@@ -116,17 +121,18 @@ impl Responder {
     }
 
     /// Answers with an error.
-    pub fn reply_error<E: ActionError>(self, error: E) -> Replied {
+    pub fn reply_error<E: ActionError>(mut self, error: E) -> Replied {
         let error = error_for_caller(error, &self.ctx);
         let kind = error.kind();
-        self.conn.answer_error(self.id, &error);
+        self.slot.take();
+        self.conn.send_error(self.id, &error);
         Replied::failed(kind)
     }
 
     /// Answers with a stream: accepts the subscription, then sends items as the caller grants
     /// credit, then the end (or the stream's error).
     pub async fn reply_stream<T: Serialize + Send + 'static>(
-        self,
+        mut self,
         mut stream: RpcStream<T>,
     ) -> Replied {
         let Some(credit) = self.credit.clone() else {
@@ -144,13 +150,14 @@ impl Responder {
         let _open = StreamGauge(self.conn.kernel.clone());
         match send_stream(&self.conn, self.id, credit, &mut stream).await {
             Sent::Completed => {
-                self.conn.release_inbound(self.id);
+                self.slot.take();
                 let _ = self.conn.outbox.push(Kind::End, self.id, None, |_| Ok(()));
                 Replied::ok()
             }
             Sent::Failed(e) | Sent::Unsent(e) => {
                 let kind = e.kind();
-                self.conn.answer_error(self.id, &e);
+                self.slot.take();
+                self.conn.send_error(self.id, &e);
                 Replied::failed(kind)
             }
             Sent::Gone => Replied::failed(ErrorKind::Disconnected),
