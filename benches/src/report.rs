@@ -191,7 +191,7 @@ pub fn table(
                 );
             }
             None => {
-                let _ = writeln!(s, "| n/a (not yet implemented) | | | |");
+                let _ = writeln!(s, "| n/a (not measured in this run) | | | |");
             }
         }
     }
@@ -339,7 +339,7 @@ pub fn goals(tables: &[(Placement, Results)], idle: &[(System, Result<f64, Strin
             None => row(
                 "WebSocket within 1.2× of raw tungstenite",
                 place,
-                "n/a (rpc-ws not yet implemented)".into(),
+                "n/a (WebSocket systems not measured in this run)".into(),
                 None,
             ),
         }

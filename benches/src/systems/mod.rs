@@ -67,14 +67,6 @@ impl System {
     pub fn parse(s: &str) -> Option<System> {
         ALL.iter().copied().find(|sys| sys.key() == s)
     }
-
-    /// Why this system cannot run at all in this build, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            System::OursWs if !cfg!(has_ws) => Some("n/a (rpc-ws not yet implemented)"),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -199,9 +191,6 @@ pub fn measure(
     workloads: &[Workload],
     cfg: &Cfg,
 ) -> Vec<(Workload, Value)> {
-    if let Some(why) = system.unavailable() {
-        return workloads.iter().map(|&w| (w, Value::Na(why))).collect();
-    }
     let (server_core, client_core) = placement.cores();
     let mut out = match system {
         System::Raw | System::RawWs => {
@@ -280,15 +269,12 @@ pub fn measure(
                 ours::tcp_client(addr, payload)
             })
         }
-        #[cfg(has_ws)]
         System::OursWs => {
             let payload = cfg.payload;
             run_rpc(placement, workloads, cfg, ours::ws_server, move |addr| {
                 ours::ws_client(addr, payload)
             })
         }
-        #[cfg(not(has_ws))]
-        System::OursWs => unreachable!(),
         System::OursMem => {
             // One runtime holds both ends: there is no second side to place.
             let (workloads, cfg) = (workloads.to_vec(), cfg.clone());
@@ -338,7 +324,6 @@ pub async fn idle_server(system: System) -> (SocketAddr, Box<dyn Any>) {
         System::Jsonrpsee => jsonrpsee_sys::server().await,
         System::Tonic => tonic_sys::server().await,
         System::OursTcp => ours::tcp_server().await,
-        #[cfg(has_ws)]
         System::OursWs => ours::ws_server().await,
         _ => panic!("no idle server for {}", system.key()),
     }
@@ -357,7 +342,6 @@ pub async fn idle_connection(system: System, addr: SocketAddr) -> Box<dyn Any> {
             c.echo().await;
             Box::new(c)
         }
-        #[cfg(has_ws)]
         System::OursWs => {
             let c = ours::ws_client(addr, 16).await;
             c.echo().await;
@@ -455,14 +439,11 @@ pub async fn calls(system: System, n: u64) {
             let r = ours::tcp_client(addr, 64 << 10).await;
             n_calls(&r, n).await;
         }
-        #[cfg(has_ws)]
         System::OursWs => {
             let (addr, _keep) = ours::ws_server().await;
             let r = ours::ws_client(addr, 64 << 10).await;
             n_calls(&r, n).await;
         }
-        #[cfg(not(has_ws))]
-        System::OursWs => unreachable!(),
         System::OursMem => {
             let kernel = ours::kernel();
             let r = ours::memory_client(&kernel, 64 << 10).await;

@@ -53,7 +53,6 @@ pub async fn tcp_server() -> (SocketAddr, Box<dyn Any>) {
     (addr, Box::new(()))
 }
 
-#[cfg(has_ws)]
 pub async fn ws_server() -> (SocketAddr, Box<dyn Any>) {
     let server = rpc_ws::RpcWebSocketServer::bind("127.0.0.1:0", kernel()).await.unwrap();
     let addr = server.local_addr().unwrap();
@@ -102,7 +101,6 @@ pub async fn tcp_client(addr: SocketAddr, payload_len: usize) -> OursRpc {
     OursRpc::new(client.controller::<BenchClient>(), payload_len)
 }
 
-#[cfg(has_ws)]
 pub async fn ws_client(addr: SocketAddr, payload_len: usize) -> OursRpc {
     let client = rpc_ws::RpcWebSocketClient::connect(format!("ws://{addr}/")).await.unwrap();
     OursRpc::new(client.controller::<BenchClient>(), payload_len)
