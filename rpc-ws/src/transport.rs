@@ -39,7 +39,7 @@ pub fn max_message_size(limits: &Limits) -> usize {
 /// |---|---|---|
 /// | `max_message_size` | [`Limits::max_frame_size`] + 4 (1 MiB + 4) | 64 MiB |
 /// | `max_frame_size` | the same | 16 MiB |
-/// | `read_buffer_size` | 4 KiB (tungstenite zero-fills it on every read: a small one is cheaper per message and per idle connection) | 128 KiB, allocated up front |
+/// | `read_buffer_size` | 16 KiB (allocated up front and zero-filled on every read; measured, split placement: 64 KiB echoes 1161 MB/s at 4 KiB, 1758 at 8, 2069 at 16, unary latency unchanged; 4 KiB would save 9.5 KiB per idle connection) | 128 KiB |
 /// | `write_buffer_size` | 16 KiB | 128 KiB |
 /// | `max_write_buffer_size` | [`Limits::max_outbound_queue`] (8 MiB), at least one message more than the write buffer | unbounded |
 /// | `accept_unmasked_frames` | false (a client's unmasked frame closes with 1002) | false |
@@ -50,11 +50,11 @@ pub fn max_message_size(limits: &Limits) -> usize {
 /// ```
 /// let config = rpc_ws::websocket_config(&rpc_core::Limits::default());
 /// assert_eq!(config.max_message_size, Some((1 << 20) + 4));
-/// assert_eq!(config.read_buffer_size, 4 << 10);
+/// assert_eq!(config.read_buffer_size, 16 << 10);
 /// ```
 pub fn websocket_config(limits: &Limits) -> WebSocketConfig {
     let message = max_message_size(limits);
-    let (read_buffer, write_buffer) = (4 << 10, 16 << 10);
+    let (read_buffer, write_buffer) = (16 << 10, 16 << 10);
     // tungstenite refuses a message that would not fit in the write buffer's bound.
     let max_write = limits.max_outbound_queue.max(write_buffer + message + 14);
     WebSocketConfig::default()
