@@ -70,24 +70,6 @@ impl Inbound {
     }
 }
 
-/// A running call's slot: its table entry, its argument bytes and its place in the stats.
-/// The call's [`Responder`] holds it and drops it just before queueing the final answer, or
-/// with itself when the call ends unanswered (rejected, cancelled, timed out, panicked).
-pub(crate) struct SlotGuard {
-    conn: Arc<ConnShared>,
-    id: u32,
-    /// Argument bytes counted toward the in-flight budgets.
-    bytes: usize,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.conn.inbound.lock().remove(&self.id);
-        self.conn.release_bytes(self.bytes);
-        self.conn.kernel.stats_call_ended();
-    }
-}
-
 impl ConnShared {
     /// Counts a call's argument bytes toward the connection's and the kernel's in-flight
     /// budgets, or says which one is full.
@@ -109,7 +91,7 @@ impl ConnShared {
         Ok(())
     }
 
-    fn release_bytes(&self, bytes: usize) {
+    pub(crate) fn release_bytes(&self, bytes: usize) {
         self.inflight_bytes.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
         self.kernel.release_inflight(bytes);
     }
@@ -229,7 +211,6 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         return conn.send_error(id, &e);
     }
     conn.kernel.stats_call_started();
-    let slot = SlotGuard { conn: conn.clone(), id, bytes };
     let ctx = Context {
         connection: crate::Connection { shared: conn.clone() },
         session: conn.session.read().clone(),
@@ -239,13 +220,12 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         source,
     };
     let responder = Responder {
-        conn: conn.clone(),
         id,
         ctx,
         credit: credit.clone(),
         window,
         args: parking_lot::Mutex::new(args_rx),
-        slot: Some(slot),
+        slot: Some(bytes),
     };
     table.insert(id, Inbound::Local { abort: None, credit, args: args_tx });
     drop(table);
@@ -313,10 +293,10 @@ async fn run_call(
     responder: Responder,
     deadline: Option<Duration>,
 ) {
-    let conn = responder.conn.clone();
+    let conn = responder.conn().clone();
     let id = responder.id;
     let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
-    let kernel = conn.kernel.clone();
+    let kernel = &conn.kernel;
     // The policy decides first (reported as AccessDecided); a denied call still starts and
     // finishes in the events, with its outcome.
     let allowed = check_access(&conn, id, &responder).await;

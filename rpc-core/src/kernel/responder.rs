@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::connection::ConnShared;
-use crate::connection::inbound::SlotGuard;
 use crate::connection::outbox::PushError;
 use crate::connection::producer::{Sent, send_stream};
 use crate::error::{ErrorKind, RpcError};
@@ -47,7 +46,6 @@ impl Replied {
 
 /// Answers one call. See the module docs.
 pub struct Responder {
-    pub(crate) conn: Arc<ConnShared>,
     pub(crate) id: u32,
     pub(crate) ctx: Context,
     pub(crate) credit: Option<Arc<Semaphore>>,
@@ -55,13 +53,37 @@ pub struct Responder {
     pub(crate) window: u32,
     /// The caller's argument stream, until the handler takes it.
     pub(crate) args: parking_lot::Mutex<Option<(mpsc::UnboundedReceiver<Frame>, Arc<AtomicI64>)>>,
-    /// The call's slot: released just before the final answer is queued (so the caller
-    /// may start its next call as soon as it reads it), or when the responder is dropped
-    /// unanswered.
-    pub(crate) slot: Option<SlotGuard>,
+    /// The call's slot, while held: the argument bytes it counts toward the in-flight
+    /// budgets. Released just before the final answer is queued (so the caller may start
+    /// its next call as soon as it reads it), or when the responder is dropped unanswered
+    /// (rejected, cancelled, timed out, panicked): a cancel never frees a slot before the
+    /// handler has stopped.
+    pub(crate) slot: Option<usize>,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.release_slot();
+    }
 }
 
 impl Responder {
+    /// The connection the call came on (the context's; the responder keeps no other
+    /// reference to it).
+    pub(crate) fn conn(&self) -> &Arc<ConnShared> {
+        &self.ctx.connection.shared
+    }
+
+    /// Frees the call's slot: its table entry, its argument bytes, its place in the stats.
+    fn release_slot(&mut self) {
+        if let Some(bytes) = self.slot.take() {
+            let conn = self.conn();
+            conn.inbound.lock().remove(&self.id);
+            conn.release_bytes(bytes);
+            conn.kernel.stats_call_ended();
+        }
+    }
+
     /// The call's context (connection, session, action).
     pub fn context(&self) -> &Context {
         &self.ctx
@@ -69,7 +91,7 @@ impl Responder {
 
     /// Starts reading the call's argument array, under the connection's depth limit.
     pub fn args<'a>(&self, args: &'a [u8]) -> Result<ArgsReader<'a>, RpcError> {
-        ArgsReader::new(args, self.conn.limits.depth_limit())
+        ArgsReader::new(args, self.conn().limits.depth_limit())
     }
 
     /// The caller's argument stream (for an action with an `RpcStream<T>` parameter), read
@@ -80,19 +102,21 @@ impl Responder {
         let (rx, allowance) = self.args.lock().take().ok_or_else(|| {
             RpcError::bad_arguments("this action takes no argument stream (or it was taken)")
         })?;
-        let window = self.conn.limits.stream_window.max(1);
-        Ok(RpcStream::remote_arguments(rx, self.conn.clone(), self.id, window, allowance))
+        let window = self.conn().limits.stream_window.max(1);
+        Ok(RpcStream::remote_arguments(rx, self.conn().clone(), self.id, window, allowance))
     }
 
     /// Answers with a value.
     pub fn reply_value<T: Serialize + ?Sized>(mut self, value: &T) -> Replied {
-        self.slot.take();
-        let pushed =
-            self.conn.outbox.push(Kind::Reply, self.id, None, |buf| codec::encode_into(buf, value));
+        self.release_slot();
+        let pushed = self
+            .conn()
+            .outbox
+            .push(Kind::Reply, self.id, None, |buf| codec::encode_into(buf, value));
         if let Err(PushError::Oversize(frame)) = pushed {
             // A large result goes out in chunks, paced by the caller, without holding the
             // handler: a task of its own sends them.
-            let (conn, id) = (self.conn.clone(), self.id);
+            let (conn, id) = (self.conn().clone(), self.id);
             tokio::spawn(async move {
                 if let Err(e) = conn.send_chunks(id, frame).await
                     && e.kind() != ErrorKind::Cancelled
@@ -103,10 +127,10 @@ impl Responder {
             return Replied::ok();
         }
         if let Err(e) = pushed {
-            let e = e.into_rpc_error(self.conn.limits.frame_limit());
-            self.conn.on_push_error(&e);
+            let e = e.into_rpc_error(self.conn().limits.frame_limit());
+            self.conn().on_push_error(&e);
             let kind = e.kind();
-            self.conn.send_error(self.id, &e);
+            self.conn().send_error(self.id, &e);
             return Replied::failed(kind);
         }
         Replied::ok()
@@ -124,8 +148,8 @@ impl Responder {
     pub fn reply_error<E: ActionError>(mut self, error: E) -> Replied {
         let error = error_for_caller(error, &self.ctx);
         let kind = error.kind();
-        self.slot.take();
-        self.conn.send_error(self.id, &error);
+        self.release_slot();
+        self.conn().send_error(self.id, &error);
         Replied::failed(kind)
     }
 
@@ -139,25 +163,25 @@ impl Responder {
             return self.reply_error(RpcError::internal("stream reply on a call without credit"));
         };
         if self
-            .conn
+            .conn()
             .outbox
             .push(Kind::StreamOpen, self.id, None, |buf| codec::encode_into(buf, &self.window))
             .is_err()
         {
             return Replied::failed(ErrorKind::Disconnected);
         }
-        self.conn.kernel.stats_stream_opened();
-        let _open = StreamGauge(self.conn.kernel.clone());
-        match send_stream(&self.conn, self.id, credit, &mut stream).await {
+        self.conn().kernel.stats_stream_opened();
+        let _open = StreamGauge(self.conn().kernel.clone());
+        match send_stream(self.conn(), self.id, credit, &mut stream).await {
             Sent::Completed => {
-                self.slot.take();
-                let _ = self.conn.outbox.push(Kind::End, self.id, None, |_| Ok(()));
+                self.release_slot();
+                let _ = self.conn().outbox.push(Kind::End, self.id, None, |_| Ok(()));
                 Replied::ok()
             }
             Sent::Failed(e) | Sent::Unsent(e) => {
                 let kind = e.kind();
-                self.slot.take();
-                self.conn.send_error(self.id, &e);
+                self.release_slot();
+                self.conn().send_error(self.id, &e);
                 Replied::failed(kind)
             }
             Sent::Gone => Replied::failed(ErrorKind::Disconnected),
