@@ -136,6 +136,11 @@ struct Batch {
 
 impl Batch {
     fn clear(&mut self) {
+        // A batch that held a large item gives its memory back rather than keep it for
+        // the rest of the stream.
+        if self.bytes.capacity() > 4 * BATCH_BYTES {
+            self.bytes = BytesMut::new();
+        }
         self.bytes.clear();
         self.ends.clear();
     }
@@ -179,4 +184,24 @@ async fn send_batch(conn: &Arc<ConnShared>, id: u32, batch: &Batch) -> Result<()
         Ok(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_lists_its_items_and_gives_back_a_large_buffer() {
+        let mut batch = Batch::default();
+        assert_eq!(batch.add(&1u8).unwrap(), 1);
+        assert_eq!(batch.add(&"two").unwrap(), 4);
+        let items: Vec<&[u8]> = batch.items().collect();
+        assert_eq!(items, vec![&[0x01][..], &[0xa3, b't', b'w', b'o'][..]]);
+
+        batch.clear();
+        assert_eq!(batch.items().count(), 0);
+        batch.add(&serde_bytes::ByteBuf::from(vec![0u8; 1 << 20])).unwrap();
+        batch.clear();
+        assert!(batch.bytes.capacity() <= 4 * BATCH_BYTES, "the 1 MiB buffer was kept");
+    }
 }
