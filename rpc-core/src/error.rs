@@ -2,7 +2,7 @@
 //!
 //! Errors travel in two layers (see `PROTOCOL.md`, "Errors"): a framework kind a program can
 //! match on, and, for [`ErrorKind::Remote`], an application error carried nominally (its
-//! registered [`Entity`](crate::Entity) name plus a MessagePack payload) that
+//! registered [`Entity`] name plus a MessagePack payload) that
 //! [`RpcError::downcast`] rebuilds as the user's own type.
 
 use std::fmt;

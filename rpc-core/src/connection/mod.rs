@@ -1,11 +1,11 @@
 //! One connection, symmetric: either end may call and either may serve.
 //!
-//! - [`outbox`]: the single coalescing write queue.
-//! - [`producer`]: sends a local stream's items within the remote's credit, batched.
-//! - [`calls`]: calls this side started (ids, pending table, cancellation).
-//! - [`deadlines`]: the one timer per connection that times those calls out.
-//! - [`inbound`]: calls the remote started (dispatch to the kernel, slots, cancellation).
-//! - [`driver`]: the handshake and the read and write loops that move bytes.
+//! - `outbox`: the single coalescing write queue.
+//! - `producer`: sends a local stream's items within the remote's credit, batched.
+//! - `calls`: calls this side started (ids, pending table, cancellation).
+//! - `deadlines`: the one timer per connection that times those calls out.
+//! - `inbound`: calls the remote started (dispatch to the kernel, slots, cancellation).
+//! - `driver`: the handshake and the read and write loops that move bytes.
 //!
 //! Call ids: the side that dialed allocates odd ids, the side that accepted even ids, so both
 //! can start calls at once without colliding (`PROTOCOL.md`, "Call ids").

@@ -4,7 +4,7 @@
 //! - [`controller`]: what generated code implements ([`Controller`], [`ActionInfo`]).
 //! - [`responder`]: how an action answers.
 //! - [`context`]: what a handler can ask about its call.
-//! - [`security`]: the policy ([`Security`], [`Session`], [`Token`]).
+//! - [`security`]: the policy ([`Security`], [`Session`](security::Session), [`Token`](security::Token)).
 //! - [`stats`] holds the counters.
 //! - [`events`] and [`middleware`]: observing and wrapping calls.
 
