@@ -4,7 +4,7 @@
 //! everything by absolute `::rpc_core::...` paths.
 //!
 //! Each macro is a thin entry point over a function on `proc_macro2` token streams
-//! ([`controller::expand`], [`entity::expand`]), so the expansion is unit-tested without a
+//! (`controller::expand`, `entity::expand`), so the expansion is unit-tested without a
 //! compiler in the loop.
 
 use proc_macro::TokenStream;
