@@ -12,6 +12,7 @@
 //! Small items thus run thousands deep, large ones a few, and an unread stream stalls only
 //! its own producer, holding at most a window (plus one item) in the client's memory.
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -259,8 +260,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 direction,
                 allowance,
                 batch: None,
-                decode: |body| codec::decode_value::<T>(body),
-                decode_scanned: |body| codec::decode_prescanned::<T>(body),
+                decode: |item| codec::decode_prescanned::<T>(item),
             }),
         }
     }
@@ -313,11 +313,10 @@ struct RemoteStream<T> {
     allowance: Arc<AtomicI64>,
     /// The Items frame being read, if its items are not all yielded yet.
     batch: Option<Batch>,
-    /// Decodes an item (the stream type itself needs no `DeserializeOwned` bound, so the
-    /// server can hold `RpcStream<T>` for any serializable `T`).
+    /// Decodes an item already checked to be one value within the depth limit (the stream
+    /// type itself needs no `DeserializeOwned` bound, so the server can hold
+    /// `RpcStream<T>` for any serializable `T`).
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
-    /// Decodes an item already checked by [`codec::value_len`] (from an Items frame).
-    decode_scanned: fn(&[u8]) -> Result<T, codec::DecodeError>,
 }
 
 /// What is left of an Items frame: its body, where the next item starts, how many remain.
@@ -356,6 +355,11 @@ impl<T> RemoteStream<T> {
         Some(Err(RpcError::protocol(what)))
     }
 
+    /// Decodes the checked item at `item` of a received `body`; Blobs in it share `body`.
+    fn decode_item(&self, body: &bytes::Bytes, item: Range<usize>) -> Result<T, RpcError> {
+        crate::blob::decode_from(body, || (self.decode)(&body[item])).map_err(undecodable)
+    }
+
     /// The next item of the current Items frame, if there is one.
     fn next_batched(&mut self) -> Option<Result<T, RpcError>> {
         let mut batch = self.batch.take()?;
@@ -367,10 +371,7 @@ impl<T> RemoteStream<T> {
         batch.offset += len;
         batch.remaining -= 1;
         self.consumed(len);
-        let body = &batch.body;
-        let item =
-            crate::blob::decode_from(body, || (self.decode_scanned)(&body[start..start + len]))
-                .map_err(|e| RpcError::protocol(format!("a stream item did not decode: {e}")));
+        let item = self.decode_item(&batch.body, start..start + len);
         if batch.remaining > 0 {
             self.batch = Some(batch);
         }
@@ -405,8 +406,9 @@ impl<T> RemoteStream<T> {
             }
             Kind::Item => {
                 self.consumed(frame.body.len());
-                let item = crate::blob::decode_from(&frame.body, || (self.decode)(&frame.body))
-                    .map_err(|e| RpcError::protocol(format!("a stream item did not decode: {e}")));
+                let item = codec::prescan(&frame.body, self.conn.limits.depth_limit())
+                    .map_err(undecodable)
+                    .and_then(|()| self.decode_item(&frame.body, 0..frame.body.len()));
                 Poll::Ready(Some(item))
             }
             Kind::End => {
@@ -429,6 +431,10 @@ impl<T> RemoteStream<T> {
             }
         }
     }
+}
+
+fn undecodable(e: codec::DecodeError) -> RpcError {
+    RpcError::protocol(format!("a stream item did not decode: {e}"))
 }
 
 impl<T> Drop for RemoteStream<T> {

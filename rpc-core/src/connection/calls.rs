@@ -217,8 +217,7 @@ impl ConnShared {
         pending.deadline = Some(deadline);
         self.register_pending(id, pending)?;
         self.watch_deadline(deadline);
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        guard.sent = true;
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: true };
         let work = async {
             self.send_call(id, &spec, 0).await?;
             self.await_answer(id, &spec, deadline, rx, input, credit).await
@@ -311,8 +310,7 @@ impl ConnShared {
         let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
         pending.arg_credit = credit.clone();
         self.register_pending(id, pending)?;
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        guard.sent = true;
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: true };
         self.send_call(id, &spec, window).await?;
         // The argument stream starts at once: the remote's credit paces it.
         let producer = match (input, credit) {
@@ -542,11 +540,7 @@ pub(crate) fn on_credit(conn: &Arc<ConnShared>, frame: Frame) {
                 forward(&caller, Kind::Credit, caller_id, &frame.body);
             }
         }
-        Some(Pending { arg_credit: Some(credit), .. })
-            if credit.available_permits() + n <= Semaphore::MAX_PERMITS =>
-        {
-            credit.add_permits(n);
-        }
+        Some(Pending { arg_credit: Some(credit), .. }) => super::add_credit(credit, n),
         _ => {}
     }
 }

@@ -392,9 +392,7 @@ pub(crate) fn on_chunk_credit(conn: &Arc<ConnShared>, frame: Frame) {
             return calls::forward(&callee, Kind::ChunkCredit, callee_id, &frame.body);
         }
     }
-    if let Some(window) = conn.chunk_senders.lock().get(&id)
-        && window.available_permits() + n <= Semaphore::MAX_PERMITS
-    {
-        window.add_permits(n);
+    if let Some(window) = conn.chunk_senders.lock().get(&id) {
+        super::add_credit(window, n);
     }
 }

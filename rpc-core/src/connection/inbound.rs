@@ -569,11 +569,7 @@ pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
     };
     let table = conn.inbound.lock();
     match table.get(&frame.id) {
-        Some(Inbound::Local { credit: Some(credit), .. })
-            if credit.available_permits() + n <= Semaphore::MAX_PERMITS =>
-        {
-            credit.add_permits(n);
-        }
+        Some(Inbound::Local { credit: Some(credit), .. }) => super::add_credit(credit, n),
         Some(Inbound::Routed { callee, callee_id, .. }) => {
             let (callee, callee_id) = (callee.clone(), *callee_id);
             drop(table);

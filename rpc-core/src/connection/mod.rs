@@ -132,6 +132,15 @@ pub(crate) struct ConnShared {
     pub(crate) reassembly: Mutex<IdMap<chunks::Incoming>>,
 }
 
+/// Adds credit a remote granted (stream items or chunk bytes) to the semaphore its sender
+/// waits on; a grant that would pass the semaphore's maximum is ignored (the remote only
+/// starves itself) instead of panicking.
+pub(crate) fn add_credit(credit: &Semaphore, n: usize) {
+    if credit.available_permits().saturating_add(n) <= Semaphore::MAX_PERMITS {
+        credit.add_permits(n);
+    }
+}
+
 impl ConnShared {
     pub(crate) fn new(
         id: u64,
