@@ -262,6 +262,25 @@ async fn within<F: std::future::Future>(d: Duration, what: &str, f: F) -> F::Out
     }
 }
 
+/// `n` calls that sleep 30 s, each in its own task, once the server runs all of them.
+async fn running_calls(
+    p: &UnaryClient,
+    state: &State,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<u64, RpcError>>> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let p = p.clone();
+            tokio::spawn(async move { p.sleep(30_000).await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(2), || state.started.load(SeqCst) == n).await,
+        "{n} calls running"
+    );
+    calls
+}
+
 fn kind_of<T: std::fmt::Debug>(r: &Result<T, RpcError>) -> Option<ErrorKind> {
     r.as_ref().err().map(|e| e.kind())
 }
@@ -503,13 +522,7 @@ transport_tests! {
         let p = client.controller::<UnaryClient>();
         client.connect().await.unwrap();
 
-        let calls: Vec<_> = (0..5)
-            .map(|_| {
-                let p = p.clone();
-                tokio::spawn(async move { p.sleep(30_000).await })
-            })
-            .collect();
-        assert!(eventually(Duration::from_secs(2), || state.started.load(SeqCst) == 5).await);
+        let calls = running_calls(&p, &state, 5).await;
         assert_eq!(h.kernel.stats().active_calls, 5);
         assert_eq!(h.kernel.stats().connections, 1);
 
@@ -546,13 +559,7 @@ transport_tests! {
         let p = client.controller::<UnaryClient>();
         client.connect().await.unwrap();
 
-        let calls: Vec<_> = (0..3)
-            .map(|_| {
-                let p = p.clone();
-                tokio::spawn(async move { p.sleep(30_000).await })
-            })
-            .collect();
-        assert!(eventually(Duration::from_secs(2), || state.started.load(SeqCst) == 3).await);
+        let calls = running_calls(&p, &state, 3).await;
 
         let started = Instant::now();
         // A graceful shutdown lets calls run for the server's grace period (2 s in the
@@ -587,13 +594,7 @@ transport_tests! {
         let p = client.controller::<UnaryClient>();
         client.connect().await.unwrap();
 
-        let calls: Vec<_> = (0..3)
-            .map(|_| {
-                let p = p.clone();
-                tokio::spawn(async move { p.sleep(30_000).await })
-            })
-            .collect();
-        assert!(eventually(Duration::from_secs(2), || state.started.load(SeqCst) == 3).await);
+        let calls = running_calls(&p, &state, 3).await;
 
         let conns = h.kernel.connections();
         assert_eq!(conns.len(), 1);
