@@ -5,10 +5,11 @@
 //! run on every body), framing (`FrameDecoder::next_frame`), and encode/decode.
 
 use bytes::BytesMut;
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use rpc_core::protocol::codec;
 use rpc_core::protocol::{Frame, FrameDecoder, Kind};
 use serde::{Deserialize, Serialize};
+use std::hint::black_box;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Small {

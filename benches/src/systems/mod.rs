@@ -411,6 +411,7 @@ pub async fn calls(system: System, n: u64) {
             let c = raw::RawTcp::new(addr);
             match KIND.with(|k| k.get()) {
                 CallKind::Stream => assert_eq!(c.stream(n).await, n),
+                CallKind::Pipelined => c.pipelined_calls(n).await,
                 _ => c.calls(n).await,
             }
         }

@@ -273,6 +273,40 @@ impl RawTcp {
         }
     }
 
+    /// `n` echo calls with 64 in flight, as in `pipelined` but counted instead of timed
+    /// (for callgrind).
+    pub async fn pipelined_calls(&self, n: u64) {
+        let mut s = self.connect().await;
+        let (mut rd, mut wr) = s.split();
+        let req = small();
+        let mut out = BytesMut::new();
+        let mut sent = 0u64;
+        while sent < n.min(64) {
+            encode_frame(&mut out, ECHO, &req);
+            sent += 1;
+        }
+        wr.write_all(&out).await.unwrap();
+        let mut inb = BytesMut::with_capacity(64 << 10);
+        let mut got = 0u64;
+        while got < n {
+            inb.reserve(64 << 10);
+            assert!(rd.read_buf(&mut inb).await.unwrap() > 0);
+            out.clear();
+            while let Some((_, body)) = next_frame(&mut inb) {
+                let r: Small = rmp_serde::from_slice(&body).unwrap();
+                assert_eq!(r.id, req.id);
+                got += 1;
+                if sent < n {
+                    encode_frame(&mut out, ECHO, &req);
+                    sent += 1;
+                }
+            }
+            if !out.is_empty() {
+                wr.write_all(&out).await.unwrap();
+            }
+        }
+    }
+
     /// A connection that made one call, kept open (for the idle-memory workload).
     pub async fn idle_connection(addr: SocketAddr) -> TcpStream {
         let mut s = TcpStream::connect(addr).await.unwrap();

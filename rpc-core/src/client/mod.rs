@@ -291,6 +291,12 @@ impl RpcClient {
         Ok(conn)
     }
 
+    /// The current connection if calls can use it as it is (no connecting or
+    /// authenticating needed first).
+    pub(crate) fn live_connection(&self) -> Option<Connection> {
+        self.usable(self.inner.token_generation.load(Ordering::Acquire))
+    }
+
     fn usable(&self, generation: u32) -> Option<Connection> {
         let current = self.inner.current.lock();
         current

@@ -74,6 +74,23 @@ struct CallGuard<'a> {
     sent: bool,
 }
 
+impl CallGuard<'_> {
+    /// Disarms the guard unless `result` leaves the remote working on a call nobody waits
+    /// for (a timeout, an abort, a transfer refused as too large).
+    fn settle<R>(&mut self, result: &Result<R, RpcError>) {
+        let cancel = match result {
+            Ok(_) => false,
+            Err(e) => {
+                matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Cancelled | ErrorKind::TooLarge)
+            }
+        };
+        if !cancel {
+            // Answered (or the connection is gone): nothing to cancel.
+            self.armed = false;
+        }
+    }
+}
+
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
@@ -149,56 +166,107 @@ impl ConnShared {
         Ok(())
     }
 
-    /// Queues the Call frame (in chunks if the arguments are large).
-    async fn send_call<A: Serialize + ?Sized>(
-        self: &Arc<Self>,
+    /// Queues the Call frame; arguments too large for one frame come back, to be sent in
+    /// chunks by [`ConnShared::send_call_chunks`].
+    fn queue_call<A: Serialize + ?Sized>(
+        &self,
         id: u32,
         spec: &CallSpec<'_, A>,
         window: u32,
-    ) -> Result<(), RpcError> {
+    ) -> Result<Option<bytes::Bytes>, RpcError> {
         let timeout_ms = spec.timeout.as_millis().min(u64::MAX as u128) as u64;
-        let oversize = self.queue_message(Kind::Call, id, spec.route, |buf| {
+        self.queue_message(Kind::Call, id, spec.route, |buf| {
             CallHead::encode_start(buf, spec.controller, spec.action);
             codec::encode_into(buf, spec.args)?;
             CallHead::encode_tail(buf, Some(timeout_ms), window);
             Ok(())
-        })?;
-        self.finish_message(id, oversize).await
+        })
     }
 
-    /// Waits (until `deadline`) for one of the calls-in-flight slots the remote granted.
+    /// Sends what [`ConnShared::queue_call`] handed back. Boxed: a chunked transfer is rare,
+    /// and its state (timers, credit) would otherwise enlarge every call's future.
+    async fn send_call_chunks(
+        self: &Arc<Self>,
+        id: u32,
+        oversize: Option<bytes::Bytes>,
+    ) -> Result<(), RpcError> {
+        match oversize {
+            Some(frame) => Box::pin(self.send_chunks(id, frame)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one of the calls-in-flight slots the remote granted, waiting (until `deadline`)
+    /// only if none is free. The wait is boxed so that its timer does not enlarge the future
+    /// of every call.
     async fn acquire_slot<A: ?Sized>(
         &self,
         deadline: Instant,
         spec: &CallSpec<'_, A>,
         slots: &Arc<Semaphore>,
     ) -> Result<OwnedSemaphorePermit, RpcError> {
+        let no_slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => return Ok(slot),
+            Err(e) => e,
+        };
         if self.role == super::Role::Acceptor {
             // A server never queues calls to a client: past the budget, the caller hears
             // Busy at once instead of the server buffering.
-            return slots.clone().try_acquire_owned().map_err(|e| match e {
+            return Err(match no_slot {
                 tokio::sync::TryAcquireError::Closed => self.disconnect_error(),
                 tokio::sync::TryAcquireError::NoPermits => RpcError::busy(
                     "as many calls to this client are outstanding as allowed (Limits::max_calls_to_client)",
                 ),
             });
         }
-        // A free slot needs no timer.
-        if let Ok(slot) = slots.clone().try_acquire_owned() {
-            return Ok(slot);
-        }
-        match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+        let wait = Box::pin(tokio::time::timeout_at(deadline, slots.clone().acquire_owned()));
+        match wait.await {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_)) => Err(self.disconnect_error()),
             Err(_) => Err(spec.timeout_error()),
         }
     }
 
-    /// Calls a unary action; with `input`, also sends that argument stream.
-    pub(crate) async fn call<A, R, T>(
+    /// Calls a unary action.
+    ///
+    /// The future stays small (rarely needed state, such as a wait for a call slot, a
+    /// chunked transfer or a progress scope, is boxed): a client with many calls in flight
+    /// holds one of these per call.
+    pub(crate) async fn call<A, R>(self: &Arc<Self>, spec: CallSpec<'_, A>) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let deadline = Instant::now() + spec.timeout;
+        let _slot = self.acquire_slot(deadline, &spec, &self.call_slots).await?;
+        let id = self.alloc_id()?;
+        let (tx, rx) = oneshot::channel();
+        let mut pending = Pending::new(Sink::Unary(tx));
+        let progress = Progress::current();
+        pending.progress = progress.clone();
+        pending.deadline = Some(deadline);
+        self.register_pending(id, pending)?;
+        self.watch_deadline(deadline);
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
+        let oversize = self.queue_call(id, &spec, 0)?;
+        guard.sent = true;
+        let work = async {
+            self.send_call_chunks(id, oversize).await?;
+            self.read_answer(id, &spec, deadline, rx.await)
+        };
+        let result = match progress {
+            Some(p) => Box::pin(abortable(work, p)).await,
+            None => work.await,
+        };
+        guard.settle(&result);
+        result
+    }
+
+    /// Calls a unary action and sends `input` as its argument stream meanwhile.
+    pub(crate) async fn call_with_input<A, R, T>(
         self: &Arc<Self>,
         spec: CallSpec<'_, A>,
-        input: Option<RpcStream<T>>,
+        input: RpcStream<T>,
     ) -> Result<R, RpcError>
     where
         A: Serialize + ?Sized,
@@ -210,74 +278,51 @@ impl ConnShared {
         let id = self.alloc_id()?;
         let (tx, rx) = oneshot::channel();
         let mut pending = Pending::new(Sink::Unary(tx));
-        let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
-        pending.arg_credit = credit.clone();
+        let credit = Arc::new(Semaphore::new(0));
+        pending.arg_credit = Some(credit.clone());
         let progress = Progress::current();
         pending.progress = progress.clone();
         pending.deadline = Some(deadline);
         self.register_pending(id, pending)?;
         self.watch_deadline(deadline);
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: true };
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
+        let oversize = self.queue_call(id, &spec, 0)?;
+        guard.sent = true;
         let work = async {
-            self.send_call(id, &spec, 0).await?;
-            self.await_answer(id, &spec, deadline, rx, input, credit).await
+            self.send_call_chunks(id, oversize).await?;
+            // Send the argument stream while waiting for the answer; the answer wins.
+            let produce = produce_arguments(self.clone(), id, credit, input);
+            let answer = rx;
+            tokio::pin!(answer, produce);
+            let mut produced = false;
+            let frame = loop {
+                tokio::select! {
+                    frame = &mut answer => break frame,
+                    _ = &mut produce, if !produced => produced = true,
+                }
+            };
+            self.read_answer(id, &spec, deadline, frame)
         };
-        let result = match &progress {
-            Some(p) => tokio::select! {
-                result = work => result,
-                _ = p.aborted() => Err(RpcError::new(ErrorKind::Cancelled, "the call was aborted")),
-            },
+        let result = match progress {
+            Some(p) => abortable(work, p).await,
             None => work.await,
         };
-        match &result {
-            // Answered (or the connection is gone): nothing to cancel.
-            Ok(_) => guard.armed = false,
-            Err(e)
-                if !matches!(
-                    e.kind(),
-                    ErrorKind::Timeout | ErrorKind::Cancelled | ErrorKind::TooLarge
-                ) =>
-            {
-                guard.armed = false
-            }
-            Err(_) => {}
-        }
+        guard.settle(&result);
         result
     }
 
-    async fn await_answer<A, R, T>(
-        self: &Arc<Self>,
+    /// Turns what a unary call's answer channel delivered into its result. No timer waits
+    /// for the answer: the connection's deadline sweeper drops the pending entry (and with
+    /// it the channel) once the deadline has passed, which is told apart from a lost
+    /// connection by the clock.
+    fn read_answer<A: ?Sized, R: DeserializeOwned>(
+        &self,
         id: u32,
         spec: &CallSpec<'_, A>,
         deadline: Instant,
-        rx: oneshot::Receiver<Frame>,
-        input: Option<RpcStream<T>>,
-        credit: Option<Arc<Semaphore>>,
-    ) -> Result<R, RpcError>
-    where
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
-        T: Serialize + Send + 'static,
-    {
-        // No timer here: the connection's deadline sweeper drops the pending entry (and with
-        // it the answer channel) once the deadline has passed.
-        let answer = rx;
-        let frame = match (input, credit) {
-            (Some(input), Some(credit)) => {
-                // Send the argument stream while waiting for the answer; the answer wins.
-                let produce = produce_arguments(self.clone(), id, credit, input);
-                tokio::pin!(answer, produce);
-                let mut produced = false;
-                loop {
-                    tokio::select! {
-                        frame = &mut answer => break frame,
-                        _ = &mut produce, if !produced => produced = true,
-                    }
-                }
-            }
-            _ => answer.await,
-        };
-        let frame = match frame {
+        answer: Result<Frame, oneshot::error::RecvError>,
+    ) -> Result<R, RpcError> {
+        let frame = match answer {
             Ok(frame) => frame,
             Err(_) if Instant::now() >= deadline => return Err(spec.timeout_error()),
             Err(_) => return Err(self.disconnect_error()),
@@ -311,7 +356,8 @@ impl ConnShared {
         pending.arg_credit = credit.clone();
         self.register_pending(id, pending)?;
         let mut guard = CallGuard { conn: self, id, armed: true, sent: true };
-        self.send_call(id, &spec, window).await?;
+        let oversize = self.queue_call(id, &spec, window)?;
+        self.send_call_chunks(id, oversize).await?;
         // The argument stream starts at once: the remote's credit paces it.
         let producer = match (input, credit) {
             (Some(input), Some(credit)) => Some(
@@ -416,6 +462,17 @@ impl ConnShared {
             Err(e) if e.kind() == ErrorKind::Unauthenticated => Err(e),
             Err(e) => Err(RpcError::unauthenticated(format!("authentication failed: {e}"))),
         }
+    }
+}
+
+/// Runs `work` until it ends or the [`Progress`] scope it runs in is aborted.
+async fn abortable<R>(
+    work: impl Future<Output = Result<R, RpcError>>,
+    progress: Progress,
+) -> Result<R, RpcError> {
+    tokio::select! {
+        result = work => result,
+        _ = progress.aborted() => Err(RpcError::new(ErrorKind::Cancelled, "the call was aborted")),
     }
 }
 
