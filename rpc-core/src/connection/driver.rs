@@ -283,7 +283,16 @@ async fn read_loop<R: TransportReader>(
                     shared.kernel.stats_received(n as u64);
                     last_read = Instant::now();
                     pings_unanswered = 0;
-                    let Some(completed) = drain_frames(&shared, &mut decoder) else { break };
+                    let Some(mut completed) = drain_some_frames(&shared, &mut decoder, FRAMES_BEFORE_YIELD) else { break };
+                    if completed == FRAMES_BEFORE_YIELD {
+                        // Let the writer send the first answers (see FRAMES_BEFORE_YIELD).
+                        tokio::task::yield_now().await;
+                        if shared.is_closed() {
+                            break;
+                        }
+                        let Some(rest) = drain_frames(&shared, &mut decoder) else { break };
+                        completed += rest;
+                    }
                     // The frame deadline runs from the moment a frame's first bytes arrived.
                     frame_started = match (decoder.in_frame(), completed > 0) {
                         (false, _) => None,
@@ -349,11 +358,34 @@ async fn read_loop<R: TransportReader>(
     }
 }
 
+/// Frames handled before the read loop lets other tasks run once, when one read brought
+/// more.
+///
+/// The answers to the first frames of a large batch are then written while the rest are
+/// handled, instead of all of them after the last one. Without this, two sides pipelining
+/// calls work in lockstep: each handles a whole batch while the other waits for it, and
+/// each is idle half the time (64 calls in flight between two cores: 0.47 M calls/s; with
+/// it, 0.9 M; on one core it makes no difference). Yielding once per read, not every 16
+/// frames, keeps the extra writes to one per read.
+const FRAMES_BEFORE_YIELD: usize = 16;
+
 /// Hands every whole buffered frame to the connection; returns how many, or `None` once the
 /// connection must close.
 fn drain_frames(shared: &Arc<ConnShared>, decoder: &mut FrameDecoder) -> Option<usize> {
+    drain_some_frames(shared, decoder, usize::MAX)
+}
+
+/// As [`drain_frames`], stopping after `max` frames.
+fn drain_some_frames(
+    shared: &Arc<ConnShared>,
+    decoder: &mut FrameDecoder,
+    max: usize,
+) -> Option<usize> {
     let mut completed = 0;
     loop {
+        if completed == max {
+            return Some(completed);
+        }
         match decoder.next_frame() {
             Ok(Some(frame)) => {
                 completed += 1;
