@@ -226,6 +226,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         window,
         args: parking_lot::Mutex::new(args_rx),
         slot: Some(bytes),
+        scanned_args: (args.as_ptr() as usize, args.len()),
     };
     table.insert(id, Inbound::Local { abort: None, credit, args: args_tx });
     drop(table);

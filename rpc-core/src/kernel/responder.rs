@@ -59,6 +59,9 @@ pub struct Responder {
     /// (rejected, cancelled, timed out, panicked): a cancel never frees a slot before the
     /// handler has stopped.
     pub(crate) slot: Option<usize>,
+    /// Where the arguments the kernel scanned lie (address, length): [`Responder::args`]
+    /// given these very bytes skips scanning them again.
+    pub(crate) scanned_args: (usize, usize),
 }
 
 impl Drop for Responder {
@@ -91,7 +94,11 @@ impl Responder {
 
     /// Starts reading the call's argument array, under the connection's depth limit.
     pub fn args<'a>(&self, args: &'a [u8]) -> Result<ArgsReader<'a>, RpcError> {
-        ArgsReader::new(args, self.conn().limits.depth_limit())
+        let depth = self.conn().limits.depth_limit();
+        match (args.as_ptr() as usize, args.len()) == self.scanned_args {
+            true => ArgsReader::scanned(args, depth),
+            false => ArgsReader::new(args, depth),
+        }
     }
 
     /// The caller's argument stream (for an action with an `RpcStream<T>` parameter), read

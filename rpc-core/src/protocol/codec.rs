@@ -230,6 +230,9 @@ pub struct ArgsReader<'a> {
     remaining: u32,
     position: u32,
     max_depth: usize,
+    /// The whole array was pre-scanned as one value: its last element is then exactly the
+    /// bytes left, and needs no scan of its own.
+    scanned: bool,
 }
 
 impl<'a> ArgsReader<'a> {
@@ -238,7 +241,15 @@ impl<'a> ArgsReader<'a> {
         let mut rest = args;
         let count = rmp::decode::read_array_len(&mut rest)
             .map_err(|_| RpcError::bad_arguments("the arguments are not a MessagePack array"))?;
-        Ok(ArgsReader { rest, remaining: count, position: 0, max_depth })
+        Ok(ArgsReader { rest, remaining: count, position: 0, max_depth, scanned: false })
+    }
+
+    /// As [`ArgsReader::new`], for an array [`scan_value`] accepted whole (the kernel scans
+    /// every call's arguments as it decodes the call).
+    pub(crate) fn scanned(args: &'a [u8], max_depth: usize) -> Result<ArgsReader<'a>, RpcError> {
+        let mut reader = ArgsReader::new(args, max_depth)?;
+        reader.scanned = true;
+        Ok(reader)
     }
 
     /// How many arguments the caller sent.
@@ -262,9 +273,13 @@ impl<'a> ArgsReader<'a> {
             )));
         }
         self.remaining -= 1;
-        let len = value_len(self.rest, self.max_depth).map_err(|e| {
-            RpcError::bad_arguments(format!("argument `{name}` (#{position}): {e}"))
-        })?;
+        let len = match self.scanned && self.remaining == 0 {
+            // The last element of a scanned array ends where the array does.
+            true => self.rest.len(),
+            false => value_len(self.rest, self.max_depth).map_err(|e| {
+                RpcError::bad_arguments(format!("argument `{name}` (#{position}): {e}"))
+            })?,
+        };
         let (value, rest) = self.rest.split_at(len);
         self.rest = rest;
         decode_prescanned(value)
@@ -421,5 +436,30 @@ mod tests {
         r.next::<String>("name").unwrap();
         let err = r.next::<String>("extra").unwrap_err();
         assert!(err.message().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_scanned_array_reads_the_same_and_still_names_failures() {
+        let args = encode_value(&(1u64, "x", vec![Shape::Circle { r: 2.0 }])).unwrap();
+        assert_eq!(scan_value(&args, 64).map(|(len, _)| len), Ok(args.len()));
+        for scanned in [false, true] {
+            let mut r = match scanned {
+                true => ArgsReader::scanned(&args, 64).unwrap(),
+                false => ArgsReader::new(&args, 64).unwrap(),
+            };
+            assert_eq!(r.next::<u64>("id").unwrap(), 1);
+            assert_eq!(r.next::<String>("name").unwrap(), "x");
+            assert_eq!(r.next::<Vec<Shape>>("shapes").unwrap(), vec![Shape::Circle { r: 2.0 }]);
+            r.finish().unwrap();
+            // The last argument of the wrong type is still named.
+            let mut r = match scanned {
+                true => ArgsReader::scanned(&args, 64).unwrap(),
+                false => ArgsReader::new(&args, 64).unwrap(),
+            };
+            r.next::<u64>("id").unwrap();
+            r.next::<String>("name").unwrap();
+            let err = r.next::<u64>("shapes").unwrap_err();
+            assert!(err.message().contains("argument `shapes` (#3)"), "{err}");
+        }
     }
 }
