@@ -236,10 +236,101 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     }
     let names = (resolved.controller_name, resolved.action.name);
     let inline = head.arg_values <= conn.limits.max_inline_values;
+    let security = conn.kernel.security();
+    let chain = conn.kernel.middleware();
+    if inline && security.is_none() && chain.is_none() {
+        return run_inline(conn, resolved.controller, resolved.index, args, responder, deadline);
+    }
     let call = run_call(resolved.controller, resolved.index, args, responder, deadline);
     match inline {
         true => run_inline_or_spawn(conn, id, names, call),
         false => spawn_call(conn, id, call),
+    }
+}
+
+/// Runs a call with no policy check and no middleware right here, on the read loop: the
+/// handler's future (boxed by the generated code) is polled once, and only a handler that
+/// waits gets a task, which takes that same future over. Most handlers answer in that first
+/// poll, so most calls cost no task and no second allocation (see [`run_inline_or_spawn`]
+/// for the price and for when calls do not come here).
+fn run_inline(
+    conn: &Arc<ConnShared>,
+    controller: Arc<dyn crate::Controller>,
+    index: usize,
+    args: bytes::Bytes,
+    responder: Responder,
+    deadline: Option<Duration>,
+) {
+    let call = CallNames::of(&responder);
+    let started = call.start(conn);
+    let mut handler = match start_handler(conn, &call, &controller, index, &args, responder) {
+        Ok(handler) => handler,
+        Err(kind) => return call.finish(conn, started, Err(kind)),
+    };
+    drop(args);
+    // The waker is never used: a handler still pending after this poll is polled again by
+    // its task, and every future registers the waker of its latest poll.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(replied)) => call.finish(conn, started, replied.outcome()),
+        Ok(Poll::Pending) => {
+            let task_conn = conn.clone();
+            spawn_call(conn, call.id, async move {
+                let outcome = await_handler(&task_conn, &call, handler, deadline).await;
+                call.finish(&task_conn, started, outcome);
+            });
+        }
+        Err(panic) => {
+            report_panic(conn, call.id, call.controller, call.action.name, panic);
+            call.finish(conn, started, Err(ErrorKind::Internal));
+        }
+    }
+}
+
+/// Which call this is, for events, logs and errors.
+#[derive(Clone, Copy)]
+struct CallNames {
+    id: u32,
+    controller: &'static str,
+    action: &'static crate::kernel::controller::ActionInfo,
+}
+
+impl CallNames {
+    fn of(responder: &Responder) -> CallNames {
+        CallNames {
+            id: responder.id,
+            controller: responder.ctx.controller,
+            action: responder.ctx.action,
+        }
+    }
+
+    /// Reports the start (ActionStarted); returns the time it started if anyone listens
+    /// (the clock is read only for listeners: ActionFinished carries the elapsed time).
+    fn start(&self, conn: &ConnShared) -> Option<Instant> {
+        let kernel = &conn.kernel;
+        kernel.emit(|| Event::ActionStarted {
+            connection: conn.id,
+            controller: self.controller,
+            action: self.action.name,
+            call_id: self.id,
+        });
+        kernel.observed().then(Instant::now)
+    }
+
+    /// Counts and reports the end (ActionFinished).
+    fn finish(&self, conn: &ConnShared, started: Option<Instant>, outcome: Result<(), ErrorKind>) {
+        let kernel = &conn.kernel;
+        if outcome.is_err() {
+            kernel.stats_call_failed();
+        }
+        kernel.emit(|| Event::ActionFinished {
+            connection: conn.id,
+            controller: self.controller,
+            action: self.action.name,
+            call_id: self.id,
+            elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
+            outcome,
+        });
     }
 }
 
@@ -295,35 +386,16 @@ async fn run_call(
     deadline: Option<Duration>,
 ) {
     let conn = responder.conn().clone();
-    let id = responder.id;
-    let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
-    let kernel = &conn.kernel;
+    let call = CallNames::of(&responder);
     // The policy decides first (reported as AccessDecided); a denied call still starts and
     // finishes in the events, with its outcome.
-    let allowed = check_access(&conn, id, &responder).await;
-    kernel.emit(|| Event::ActionStarted {
-        connection: conn.id,
-        controller: controller_name,
-        action: action.name,
-        call_id: id,
-    });
-    // The clock is read only for listeners (ActionFinished carries the elapsed time).
-    let started = kernel.observed().then(Instant::now);
+    let allowed = check_access(&conn, call.id, &responder).await;
+    let started = call.start(&conn);
     let outcome = match allowed {
-        Ok(()) => dispatch(&conn, id, controller, index, args, responder, deadline).await,
+        Ok(()) => dispatch(&conn, &call, controller, index, args, responder, deadline).await,
         Err(kind) => Err(kind),
     };
-    if outcome.is_err() {
-        kernel.stats_call_failed();
-    }
-    kernel.emit(|| Event::ActionFinished {
-        connection: conn.id,
-        controller: controller_name,
-        action: action.name,
-        call_id: id,
-        elapsed: started.map(|t| t.elapsed()).unwrap_or_default(),
-        outcome,
-    });
+    call.finish(&conn, started, outcome);
 }
 
 /// Asks the policy whether the call may run; a denial is answered here.
@@ -375,40 +447,63 @@ async fn check_access(
 /// every way out answers the caller and says how.
 async fn dispatch(
     conn: &Arc<ConnShared>,
-    id: u32,
+    call: &CallNames,
     controller: Arc<dyn crate::Controller>,
     index: usize,
     args: bytes::Bytes,
     responder: Responder,
     deadline: Option<Duration>,
 ) -> Result<(), ErrorKind> {
-    let (controller_name, action) = (responder.ctx.controller, responder.ctx.action);
-    let kernel = &conn.kernel;
-
-    let layered = kernel.middleware().map(|chain| (chain, responder.ctx.clone()));
-    // Decoding the arguments runs user Deserialize impls: a panic there is caught too.
-    let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        crate::blob::decode_from(&args, || controller.call(index, &args, responder))
-    })) {
-        Ok(Ok(future)) => future,
-        Ok(Err(error)) => {
-            tracing::debug!(connection = conn.id, controller = controller_name, action = action.name, %error, "call rejected");
-            let kind = error.kind();
-            conn.answer_error(id, &error);
-            return Err(kind);
-        }
-        Err(panic) => {
-            report_panic(conn, id, controller_name, action.name, panic);
-            return Err(ErrorKind::Internal);
-        }
-    };
+    let layered = conn.kernel.middleware().map(|chain| (chain, responder.ctx.clone()));
+    let handler = start_handler(conn, call, &controller, index, &args, responder)?;
     drop(args);
-    // Without middleware the handler runs as it is: its panic is caught just below, with
-    // the same report and answer that `catch_panic` gives it inside a middleware chain.
+    // Without middleware the handler runs as it is: its panic is caught in
+    // `await_handler`, with the same report and answer that `catch_panic` gives it inside
+    // a middleware chain.
     let future: ActionFuture = match layered {
         Some((chain, ctx)) => Box::pin(Next::new(chain, handler, ctx, conn.clone()).run()),
         None => handler,
     };
+    await_handler(conn, call, future, deadline).await
+}
+
+/// Decodes the arguments and creates the handler's future; a failure (arguments that do
+/// not decode, a panic in a Deserialize impl) has been answered when this returns `Err`.
+fn start_handler(
+    conn: &Arc<ConnShared>,
+    call: &CallNames,
+    controller: &Arc<dyn crate::Controller>,
+    index: usize,
+    args: &bytes::Bytes,
+    responder: Responder,
+) -> Result<ActionFuture, ErrorKind> {
+    // Decoding the arguments runs user Deserialize impls: a panic there is caught too.
+    let created = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        crate::blob::decode_from(args, || controller.call(index, args, responder))
+    }));
+    match created {
+        Ok(Ok(future)) => Ok(future),
+        Ok(Err(error)) => {
+            tracing::debug!(connection = conn.id, controller = call.controller, action = call.action.name, %error, "call rejected");
+            let kind = error.kind();
+            conn.answer_error(call.id, &error);
+            Err(kind)
+        }
+        Err(panic) => {
+            report_panic(conn, call.id, call.controller, call.action.name, panic);
+            Err(ErrorKind::Internal)
+        }
+    }
+}
+
+/// Runs a handler under the caller's deadline; a timeout or a panic is answered here.
+async fn await_handler(
+    conn: &Arc<ConnShared>,
+    call: &CallNames,
+    future: ActionFuture,
+    deadline: Option<Duration>,
+) -> Result<(), ErrorKind> {
+    let (controller_name, action) = (call.controller, call.action);
     let outcome = match deadline {
         Some(d) => match LazyDeadline::new(d, AssertUnwindSafe(future).catch_unwind()).await {
             Ok(outcome) => outcome,
@@ -420,7 +515,7 @@ async fn dispatch(
                         action.name
                     ),
                 );
-                conn.answer_error(id, &error);
+                conn.answer_error(call.id, &error);
                 Ok(Replied::failed(ErrorKind::Timeout))
             }
         },
@@ -431,7 +526,7 @@ async fn dispatch(
         // The handler panicked (or, with middleware, a layer itself: handler panics are
         // then caught closer, see `catch_panic`).
         Err(panic) => {
-            report_panic(conn, id, controller_name, action.name, panic);
+            report_panic(conn, call.id, controller_name, action.name, panic);
             Err(ErrorKind::Internal)
         }
     }
