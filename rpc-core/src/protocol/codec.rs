@@ -6,7 +6,7 @@
 //! limit as a second guard). Hostile input therefore cannot overflow the stack or make serde
 //! pre-allocate more than the frame's size.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -198,7 +198,32 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RpcErro
 
 /// Encodes `value` at the end of `out`.
 pub fn encode_into<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) -> Result<(), RpcError> {
-    write_value(&mut out.writer(), value)
+    write_value(&mut BytesWriter(out), value)
+}
+
+/// `io::Write` into a `BytesMut`, inlined into the encoder.
+///
+/// MessagePack encoders write a marker byte, then a few bytes, then the next marker: with
+/// `bytes`' own writer each of those small writes is a call that ends in `memcpy`. Inlined,
+/// a write of a known length becomes a store.
+pub(crate) struct BytesWriter<'a>(pub(crate) &'a mut BytesMut);
+
+impl std::io::Write for BytesWriter<'_> {
+    #[inline(always)]
+    fn write(&mut self, src: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(src);
+        Ok(src.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, src: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(src);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn write_value<W: std::io::Write, T: Serialize + ?Sized>(

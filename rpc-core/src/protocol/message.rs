@@ -54,7 +54,7 @@ fn read_array(rest: &mut &[u8], min: u32, what: &str) -> Result<u32, DecodeError
 }
 
 fn write_opt_str(out: &mut BytesMut, s: Option<&str>) {
-    let mut w = out.writer();
+    let mut w = codec::BytesWriter(out);
     match s {
         Some(s) => {
             let _ = enc::write_str(&mut w, s);
@@ -95,7 +95,7 @@ pub const FEATURE_ITEM_BATCHES: u64 = 1;
 impl Hello {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut w = out.writer();
+        let mut w = codec::BytesWriter(out);
         let _ = enc::write_array_len(&mut w, 8);
         let _ = enc::write_str(&mut w, MAGIC);
         let _ = enc::write_uint(&mut w, self.min_version as u64);
@@ -189,7 +189,7 @@ impl<'a> CallHead<'a> {
     /// Writes everything but the arguments: the caller appends the argument array, then
     /// [`CallHead::encode_tail`].
     pub fn encode_start(out: &mut BytesMut, controller: &str, action: &str) {
-        let mut w = out.writer();
+        let mut w = codec::BytesWriter(out);
         let _ = enc::write_array_len(&mut w, 5);
         let _ = enc::write_str(&mut w, controller);
         let _ = enc::write_str(&mut w, action);
@@ -197,7 +197,7 @@ impl<'a> CallHead<'a> {
 
     /// Writes the options that follow the arguments.
     pub fn encode_tail(out: &mut BytesMut, timeout_ms: Option<u64>, window: u32) {
-        let mut w = out.writer();
+        let mut w = codec::BytesWriter(out);
         match timeout_ms {
             Some(ms) => {
                 let _ = enc::write_uint(&mut w, ms);
@@ -213,7 +213,7 @@ impl<'a> CallHead<'a> {
 /// Encodes an Error body: `[code, message, name?, payload?, correlation_id?]`.
 pub fn encode_error(out: &mut BytesMut, error: &RpcError) {
     {
-        let mut w = out.writer();
+        let mut w = codec::BytesWriter(out);
         let _ = enc::write_array_len(&mut w, 5);
         let _ = enc::write_uint(&mut w, error.kind().code() as u64);
         let _ = enc::write_str(&mut w, error.message());
@@ -221,7 +221,7 @@ pub fn encode_error(out: &mut BytesMut, error: &RpcError) {
     write_opt_str(out, error.name());
     match error.payload() {
         Some(p) => {
-            let _ = enc::write_bin(&mut out.writer(), p);
+            let _ = enc::write_bin(&mut codec::BytesWriter(out), p);
         }
         None => out.put_u8(0xc0),
     }
@@ -322,7 +322,7 @@ pub struct GoAway {
 impl GoAway {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut w = out.writer();
+        let mut w = codec::BytesWriter(out);
         let _ = enc::write_array_len(&mut w, 2);
         let _ = enc::write_uint(&mut w, self.code as u16 as u64);
         let _ = enc::write_str(&mut w, &self.reason);
@@ -416,7 +416,7 @@ impl<'a> ItemBatch<'a> {
 
 /// Writes the array header of an Items body holding `count` items.
 pub fn encode_items_header(out: &mut BytesMut, count: u32) {
-    let _ = enc::write_array_len(&mut out.writer(), count);
+    let _ = enc::write_array_len(&mut codec::BytesWriter(out), count);
 }
 
 /// Reads a body holding one unsigned integer (Credit, ChunkCredit).
@@ -430,7 +430,7 @@ pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
 
 /// Writes a body holding one unsigned integer.
 pub fn encode_uint(out: &mut BytesMut, v: u64) {
-    let _ = enc::write_uint(&mut out.writer(), v);
+    let _ = enc::write_uint(&mut codec::BytesWriter(out), v);
 }
 
 /// The source a server stamps on a routed call: `[connection_id, alias?, username?]`.
@@ -448,7 +448,7 @@ impl RouteSource {
     /// Encodes the route section.
     pub fn encode(&self, out: &mut BytesMut) {
         {
-            let mut w = out.writer();
+            let mut w = codec::BytesWriter(out);
             let _ = enc::write_array_len(&mut w, 3);
             let _ = enc::write_uint(&mut w, self.connection_id);
         }
@@ -470,7 +470,7 @@ impl RouteSource {
 
 /// Encodes a route target section: `[alias]`.
 pub fn encode_route_target(out: &mut BytesMut, alias: &str) {
-    let mut w = out.writer();
+    let mut w = codec::BytesWriter(out);
     let _ = enc::write_array_len(&mut w, 1);
     let _ = enc::write_str(&mut w, alias);
 }
