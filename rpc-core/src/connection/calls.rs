@@ -103,6 +103,18 @@ impl Drop for CallGuard<'_> {
     }
 }
 
+/// A unary call registered and queued by [`ConnShared::begin_unary`].
+struct UnaryCall<'a> {
+    id: u32,
+    /// Where the answer arrives.
+    rx: oneshot::Receiver<Frame>,
+    /// The [`Progress`] scope the call runs in, if any.
+    progress: Option<Progress>,
+    /// Arguments too large for one frame, still to be sent in chunks.
+    oversize: Option<bytes::Bytes>,
+    guard: CallGuard<'a>,
+}
+
 /// What a call sends: its target, arguments, route and deadline.
 pub(crate) struct CallSpec<'a, A: ?Sized> {
     pub(crate) controller: &'a str,
@@ -239,17 +251,8 @@ impl ConnShared {
     {
         let deadline = Instant::now() + spec.timeout;
         let _slot = self.acquire_slot(deadline, &spec, &self.call_slots).await?;
-        let id = self.alloc_id()?;
-        let (tx, rx) = oneshot::channel();
-        let mut pending = Pending::new(Sink::Unary(tx));
-        let progress = Progress::current();
-        pending.progress = progress.clone();
-        pending.deadline = Some(deadline);
-        self.register_pending(id, pending)?;
-        self.watch_deadline(deadline);
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        let oversize = self.queue_call(id, &spec, 0)?;
-        guard.sent = true;
+        let UnaryCall { id, rx, progress, oversize, mut guard } =
+            self.begin_unary(&spec, deadline, None)?;
         let work = async {
             self.send_call_chunks(id, oversize).await?;
             self.read_answer(id, &spec, deadline, rx.await)
@@ -275,19 +278,9 @@ impl ConnShared {
     {
         let deadline = Instant::now() + spec.timeout;
         let _slot = self.acquire_slot(deadline, &spec, &self.call_slots).await?;
-        let id = self.alloc_id()?;
-        let (tx, rx) = oneshot::channel();
-        let mut pending = Pending::new(Sink::Unary(tx));
         let credit = Arc::new(Semaphore::new(0));
-        pending.arg_credit = Some(credit.clone());
-        let progress = Progress::current();
-        pending.progress = progress.clone();
-        pending.deadline = Some(deadline);
-        self.register_pending(id, pending)?;
-        self.watch_deadline(deadline);
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        let oversize = self.queue_call(id, &spec, 0)?;
-        guard.sent = true;
+        let UnaryCall { id, rx, progress, oversize, mut guard } =
+            self.begin_unary(&spec, deadline, Some(credit.clone()))?;
         let work = async {
             self.send_call_chunks(id, oversize).await?;
             // Send the argument stream while waiting for the answer; the answer wins.
@@ -309,6 +302,28 @@ impl ConnShared {
         };
         guard.settle(&result);
         result
+    }
+
+    /// Registers a unary call (watched by the deadline sweeper) and queues its Call frame.
+    fn begin_unary<A: Serialize + ?Sized>(
+        self: &Arc<Self>,
+        spec: &CallSpec<'_, A>,
+        deadline: Instant,
+        arg_credit: Option<Arc<Semaphore>>,
+    ) -> Result<UnaryCall<'_>, RpcError> {
+        let id = self.alloc_id()?;
+        let (tx, rx) = oneshot::channel();
+        let mut pending = Pending::new(Sink::Unary(tx));
+        pending.arg_credit = arg_credit;
+        let progress = Progress::current();
+        pending.progress = progress.clone();
+        pending.deadline = Some(deadline);
+        self.register_pending(id, pending)?;
+        self.watch_deadline(deadline);
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
+        let oversize = self.queue_call(id, spec, 0)?;
+        guard.sent = true;
+        Ok(UnaryCall { id, rx, progress, oversize, guard })
     }
 
     /// Turns what a unary call's answer channel delivered into its result. No timer waits
