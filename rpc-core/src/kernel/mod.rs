@@ -19,7 +19,9 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -94,6 +96,10 @@ struct KernelInner {
     router: router::Router,
     listeners: RwLock<Vec<Listener>>,
     has_listeners: AtomicBool,
+    /// Set once a policy or a middleware layer is installed (they cannot be removed): until
+    /// then every call skips the locks that read them.
+    has_security: AtomicBool,
+    has_middleware: AtomicBool,
     middleware: RwLock<middleware::Chain>,
 }
 
@@ -174,6 +180,8 @@ impl RpcKernel {
                 router: router::Router::default(),
                 listeners: RwLock::new(Vec::new()),
                 has_listeners: AtomicBool::new(false),
+                has_security: AtomicBool::new(false),
+                has_middleware: AtomicBool::new(false),
                 middleware: RwLock::new(Arc::new([])),
             }),
         }
@@ -230,6 +238,7 @@ impl RpcKernel {
     /// rejected, peers denied).
     pub fn set_security<S: Security>(&self, security: S) -> &Self {
         *self.inner.security.write() = Some(Arc::new(security));
+        self.inner.has_security.store(true, Release);
         self
     }
 
@@ -275,15 +284,22 @@ impl RpcKernel {
         let mut layers: Vec<Arc<dyn middleware::DynMiddleware>> = chain.iter().cloned().collect();
         layers.push(Arc::new(layer));
         *chain = layers.into();
+        self.inner.has_middleware.store(true, Release);
         self
     }
 
     pub(crate) fn middleware(&self) -> Option<middleware::Chain> {
+        if !self.inner.has_middleware.load(Acquire) {
+            return None;
+        }
         let chain = self.inner.middleware.read();
         (!chain.is_empty()).then(|| chain.clone())
     }
 
     pub(crate) fn security(&self) -> Option<SharedSecurity> {
+        if !self.inner.has_security.load(Acquire) {
+            return None;
+        }
         self.inner.security.read().clone()
     }
 
