@@ -360,22 +360,26 @@ impl<T> RemoteStream<T> {
         crate::blob::decode_from(body, || (self.decode)(&body[item])).map_err(undecodable)
     }
 
-    /// The next item of the current Items frame, if there is one.
+    /// The next item of the current Items frame, if there is one. The batch is read in
+    /// place: taking it out and putting it back moved it twice per item.
     fn next_batched(&mut self) -> Option<Result<T, RpcError>> {
-        let mut batch = self.batch.take()?;
+        let depth = self.conn.limits.depth_limit();
+        let decode = self.decode;
+        let batch = self.batch.as_mut()?;
         let start = batch.offset;
-        let len = match codec::value_len(&batch.body[start..], self.conn.limits.depth_limit()) {
+        let len = match codec::value_len(&batch.body[start..], depth) {
             Ok(len) => len,
             Err(e) => return self.malformed(format!("an Items frame holds a malformed item: {e}")),
         };
         batch.offset += len;
         batch.remaining -= 1;
-        self.consumed(len);
-        let item = self.decode_item(&batch.body, start..start + len);
-        if batch.remaining > 0 {
-            self.batch = Some(batch);
+        let body = &batch.body;
+        let item = crate::blob::decode_from(body, || decode(&body[start..start + len]));
+        if batch.remaining == 0 {
+            self.batch = None;
         }
-        Some(item)
+        self.consumed(len);
+        Some(item.map_err(undecodable))
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>> {

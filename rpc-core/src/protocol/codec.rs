@@ -71,20 +71,33 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
 /// ```
 pub fn scan_value(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeError> {
     let max_depth = max_depth.min(MAX_TRACKED_DEPTH);
-    // Items still to read in each open container; `remaining` is the innermost.
+    let malformed = DecodeError::Malformed { max_depth };
+    // A value that is no container (a stream's `u64` item, say) needs no stack at all.
+    let first = *data.first().ok_or(DecodeError::Truncated)?;
+    let mut pos = 1usize;
+    let (skip, items) = marker_lengths(first, data, &mut pos, max_depth)?;
+    if items == 0 {
+        let left = (data.len() - pos.min(data.len())) as u64;
+        if skip > left {
+            return Err(DecodeError::Truncated);
+        }
+        return Ok((pos + skip as usize, 1));
+    }
+    // A container: every item takes at least one byte, so a count the data cannot back is
+    // refused before anything is done with it.
+    if items > (data.len() - pos.min(data.len())) as u64 {
+        return Err(DecodeError::Truncated);
+    }
+    if max_depth == 0 {
+        return Err(malformed);
+    }
+    // Items still to read in each open container; `remaining` is the innermost. The
+    // outermost level (the value itself) is done once its container closes.
     let mut shallow = [0u64; SHALLOW_DEPTH];
     let mut deep: Vec<u64> = Vec::new();
-    let mut depth = 0usize;
-    let mut remaining: u64 = 1;
-    let mut pos = 0usize;
-    let mut values = 0u64;
-    let malformed = DecodeError::Malformed { max_depth };
-    // Reads a big-endian length field of `width` bytes at `pos` and moves past it.
-    let length = |pos: &mut usize, width: usize| -> Result<u64, DecodeError> {
-        let bytes = data.get(*pos..*pos + width).ok_or(DecodeError::Truncated)?;
-        *pos += width;
-        Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
-    };
+    let mut depth = 1usize;
+    let mut remaining: u64 = items;
+    let mut values = 1u64;
     loop {
         if remaining == 0 {
             if depth == 0 {
@@ -101,39 +114,7 @@ pub fn scan_value(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeE
         values += 1;
         let marker = *data.get(pos).ok_or(DecodeError::Truncated)?;
         pos += 1;
-        // (bytes to skip after the marker and any length field, items of a container)
-        let (skip, items): (u64, u64) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * (marker & 0x0f) as u64),
-            0x90..=0x9f => (0, (marker & 0x0f) as u64),
-            0xa0..=0xbf => ((marker & 0x1f) as u64, 0),
-            0xc1 => return Err(malformed),
-            // bin8/16/32, str8/16/32: a length, then that many bytes.
-            0xc4 | 0xd9 => (length(&mut pos, 1)?, 0),
-            0xc5 | 0xda => (length(&mut pos, 2)?, 0),
-            0xc6 | 0xdb => (length(&mut pos, 4)?, 0),
-            // ext8/16/32: a length, a type byte, then the data.
-            0xc7 => (length(&mut pos, 1)? + 1, 0),
-            0xc8 => (length(&mut pos, 2)? + 1, 0),
-            0xc9 => (length(&mut pos, 4)? + 1, 0),
-            0xca => (4, 0),
-            0xcb => (8, 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xce | 0xd2 => (4, 0),
-            0xcf | 0xd3 => (8, 0),
-            // fixext 1/2/4/8/16: a type byte, then the data.
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            // array16/32, map16/32: a count, then that many items (two per map entry).
-            0xdc => (0, length(&mut pos, 2)?),
-            0xdd => (0, length(&mut pos, 4)?),
-            0xde => (0, 2 * length(&mut pos, 2)?),
-            0xdf => (0, 2 * length(&mut pos, 4)?),
-        };
+        let (skip, items) = marker_lengths(marker, data, &mut pos, max_depth)?;
         let left = (data.len() - pos.min(data.len())) as u64;
         if skip > left {
             return Err(DecodeError::Truncated);
@@ -156,6 +137,55 @@ pub fn scan_value(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeE
             remaining = items;
         }
     }
+}
+
+/// What the marker just read at `*pos - 1` declares: (bytes to skip after the marker and
+/// any length field, which this reads and moves `pos` past; items of a container).
+#[inline(always)]
+fn marker_lengths(
+    marker: u8,
+    data: &[u8],
+    pos: &mut usize,
+    max_depth: usize,
+) -> Result<(u64, u64), DecodeError> {
+    // Reads a big-endian length field of `width` bytes at `pos` and moves past it.
+    let mut length = |width: usize| -> Result<u64, DecodeError> {
+        let bytes = data.get(*pos..*pos + width).ok_or(DecodeError::Truncated)?;
+        *pos += width;
+        Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64))
+    };
+    Ok(match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+        0x80..=0x8f => (0, 2 * (marker & 0x0f) as u64),
+        0x90..=0x9f => (0, (marker & 0x0f) as u64),
+        0xa0..=0xbf => ((marker & 0x1f) as u64, 0),
+        0xc1 => return Err(DecodeError::Malformed { max_depth }),
+        // bin8/16/32, str8/16/32: a length, then that many bytes.
+        0xc4 | 0xd9 => (length(1)?, 0),
+        0xc5 | 0xda => (length(2)?, 0),
+        0xc6 | 0xdb => (length(4)?, 0),
+        // ext8/16/32: a length, a type byte, then the data.
+        0xc7 => (length(1)? + 1, 0),
+        0xc8 => (length(2)? + 1, 0),
+        0xc9 => (length(4)? + 1, 0),
+        0xca => (4, 0),
+        0xcb => (8, 0),
+        0xcc | 0xd0 => (1, 0),
+        0xcd | 0xd1 => (2, 0),
+        0xce | 0xd2 => (4, 0),
+        0xcf | 0xd3 => (8, 0),
+        // fixext 1/2/4/8/16: a type byte, then the data.
+        0xd4 => (2, 0),
+        0xd5 => (3, 0),
+        0xd6 => (5, 0),
+        0xd7 => (9, 0),
+        0xd8 => (17, 0),
+        // array16/32, map16/32: a count, then that many items (two per map entry).
+        0xdc => (0, length(2)?),
+        0xdd => (0, length(4)?),
+        0xde => (0, 2 * length(2)?),
+        0xdf => (0, 2 * length(4)?),
+    })
 }
 
 /// Checks that `body` is exactly one MessagePack value within the depth limit.
@@ -485,6 +515,34 @@ mod tests {
             r.next::<String>("name").unwrap();
             let err = r.next::<u64>("shapes").unwrap_err();
             assert!(err.message().contains("argument `shapes` (#3)"), "{err}");
+        }
+    }
+
+    /// A top-level value that is no container takes a short path; wrapped in a one-element
+    /// array it goes through the general loop. Both must agree on every input.
+    #[test]
+    fn the_scalar_path_agrees_with_the_general_loop() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..20_000 {
+            let len = (next() % 12) as usize;
+            let mut value: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if case < 256 && !value.is_empty() {
+                value[0] = case as u8; // every marker first
+            }
+            let mut wrapped = vec![0x91];
+            wrapped.extend_from_slice(&value);
+            let alone = scan_value(&value, 64);
+            let inside = scan_value(&wrapped, 64);
+            match alone {
+                Ok((n, values)) => assert_eq!(inside, Ok((n + 1, values + 1)), "{value:02x?}"),
+                Err(_) => assert!(inside.is_err(), "{value:02x?}"),
+            }
         }
     }
 }
