@@ -498,19 +498,17 @@ mod tests {
         let args = encode_value(&(1u64, "x", vec![Shape::Circle { r: 2.0 }])).unwrap();
         assert_eq!(scan_value(&args, 64).map(|(len, _)| len), Ok(args.len()));
         for scanned in [false, true] {
-            let mut r = match scanned {
+            let reader = || match scanned {
                 true => ArgsReader::scanned(&args, 64).unwrap(),
                 false => ArgsReader::new(&args, 64).unwrap(),
             };
+            let mut r = reader();
             assert_eq!(r.next::<u64>("id").unwrap(), 1);
             assert_eq!(r.next::<String>("name").unwrap(), "x");
             assert_eq!(r.next::<Vec<Shape>>("shapes").unwrap(), vec![Shape::Circle { r: 2.0 }]);
             r.finish().unwrap();
             // The last argument of the wrong type is still named.
-            let mut r = match scanned {
-                true => ArgsReader::scanned(&args, 64).unwrap(),
-                false => ArgsReader::new(&args, 64).unwrap(),
-            };
+            let mut r = reader();
             r.next::<u64>("id").unwrap();
             r.next::<String>("name").unwrap();
             let err = r.next::<u64>("shapes").unwrap_err();
