@@ -64,7 +64,7 @@ pub(crate) fn sweep_idle(conn: &Arc<ConnShared>, idle: std::time::Duration) {
         if conn.is_local_id(id) {
             conn.fail_outbound(id, &error);
         } else {
-            conn.answer_error(id, &error);
+            super::inbound::fail_inbound(conn, id, &error);
         }
     }
 }
@@ -340,7 +340,7 @@ fn receive(conn: &Arc<ConnShared>, frame: Frame, local: bool) {
                 calls::on_response(conn, Frame::new(Kind::Error, id, body.freeze()));
                 let _ = conn.outbox.push(Kind::Cancel, id, None, |_| Ok(()));
             } else {
-                conn.answer_error(id, &error);
+                super::inbound::fail_inbound(conn, id, &error);
             }
         }
     }

@@ -615,6 +615,21 @@ pub(crate) fn cancel(conn: &Arc<ConnShared>, id: u32) {
         return conn.close_with_goaway(GoAwayCode::TooManyErrors, "too many cancelled calls");
     }
     conn.stop_chunks(id);
+    stop_inbound(conn, id);
+}
+
+/// Ends the remote's call `id` from outside its handler, answering `error`: a message of
+/// the call (a chunked item of its argument stream, say) could not be received. A running
+/// handler is stopped as on Cancel; removing only its entry would leave its task running
+/// with nothing left to stop it, not even the connection's close.
+pub(crate) fn fail_inbound(conn: &Arc<ConnShared>, id: u32, error: &RpcError) {
+    stop_inbound(conn, id);
+    conn.send_error(id, error);
+}
+
+/// Stops the remote's call `id`, if it runs: a handler's task is aborted (its slot frees,
+/// and its entry goes, once it has stopped); a routed call is cancelled at its callee.
+fn stop_inbound(conn: &Arc<ConnShared>, id: u32) {
     let mut table = conn.inbound.lock();
     match table.get(&id) {
         Some(Inbound::Local { abort: Some(handle), .. }) => handle.abort(),
