@@ -367,6 +367,41 @@ async fn s6_third_concurrent_chunked_upload_is_busy() {
     }
 }
 
+/// S7b: a chunked message refused on the id of a call still running (a large item of its
+/// argument stream, or a caller reusing the id) ends that call: the caller hears why, the
+/// handler stops and frees its slot, and the connection lives on. Fuzzing found the
+/// handler left running with its table entry gone, out of reach even of the connection's
+/// close.
+#[tokio::test(start_paused = true)]
+async fn s7b_refused_chunked_message_stops_the_running_call_it_names() {
+    let (kernel, _) = server(limits(), true);
+    let mut peer = RawPeer::connect(&kernel).await;
+    peer.send(&call(1, "robust", "ticks", &(1_000u64, 100u64))).await;
+    let open = peer.recv_answer().await.unwrap();
+    assert_eq!((open.id, open.kind), (1, Kind::StreamOpen));
+    // A chunk whose header announces a 4 GiB message: beyond Limits::max_message_size.
+    let mut chunk = u32::MAX.to_be_bytes().to_vec();
+    chunk.extend_from_slice(&[Kind::Item as u8, 0, 0x01]);
+    peer.send(&frame_bytes(Kind::Chunk, 1, None, &chunk)).await;
+    let refused = loop {
+        let f = peer.recv_answer().await.unwrap();
+        if f.id == 1 && f.kind == Kind::Error {
+            break f;
+        }
+    };
+    assert_eq!(kind_of(&refused), ErrorKind::TooLarge);
+    let stopped = tests::eventually(Duration::from_secs(5), || {
+        let s = kernel.stats();
+        s.active_calls == 0 && s.active_streams == 0
+    })
+    .await;
+    assert!(stopped, "the stream's handler still runs: {:?}", kernel.stats());
+    let reply = peer.call(3, "list", &(vec![1u64, 2, 3],)).await;
+    assert_eq!((reply.id, reply.kind), (3, Kind::Reply));
+    peer.finish().await;
+    assert_baseline(&kernel, Duration::from_secs(5)).await;
+}
+
 /// S7: a chunked upload that stops after 3 chunks is dropped after 30 s idle; its caller
 /// gets an error and the reassembly slot is free again.
 #[tokio::test(start_paused = true)]
