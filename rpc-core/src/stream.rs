@@ -356,8 +356,13 @@ impl<T> RemoteStream<T> {
     }
 
     /// Decodes the checked item at `item` of a received `body`; Blobs in it share `body`.
-    fn decode_item(&self, body: &bytes::Bytes, item: Range<usize>) -> Result<T, RpcError> {
-        crate::blob::decode_from(body, || (self.decode)(&body[item])).map_err(undecodable)
+    #[inline(always)]
+    fn decode_item(
+        decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
+        body: &bytes::Bytes,
+        item: Range<usize>,
+    ) -> Result<T, codec::DecodeError> {
+        crate::blob::decode_from(body, || decode(&body[item]))
     }
 
     /// The next item of the current Items frame, if there is one. The batch is read in
@@ -373,8 +378,7 @@ impl<T> RemoteStream<T> {
         };
         batch.offset += len;
         batch.remaining -= 1;
-        let body = &batch.body;
-        let item = crate::blob::decode_from(body, || decode(&body[start..start + len]));
+        let item = Self::decode_item(decode, &batch.body, start..start + len);
         if batch.remaining == 0 {
             self.batch = None;
         }
@@ -411,8 +415,8 @@ impl<T> RemoteStream<T> {
             Kind::Item => {
                 self.consumed(frame.body.len());
                 let item = codec::prescan(&frame.body, self.conn.limits.depth_limit())
-                    .map_err(undecodable)
-                    .and_then(|()| self.decode_item(&frame.body, 0..frame.body.len()));
+                    .and_then(|()| Self::decode_item(self.decode, &frame.body, 0..frame.body.len()))
+                    .map_err(undecodable);
                 Poll::Ready(Some(item))
             }
             Kind::End => {

@@ -318,12 +318,26 @@ impl ConnShared {
         let progress = Progress::current();
         pending.progress = progress.clone();
         pending.deadline = Some(deadline);
-        self.register_pending(id, pending)?;
+        let (guard, oversize) = self.register_and_queue(id, pending, spec, 0)?;
         self.watch_deadline(deadline);
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
-        let oversize = self.queue_call(id, spec, 0)?;
-        guard.sent = true;
         Ok(UnaryCall { id, rx, progress, oversize, guard })
+    }
+
+    /// Registers `pending` as call `id` and queues its Call frame. The guard forgets the
+    /// call if it ends unanswered, and cancels it at the remote only once the frame was
+    /// queued.
+    fn register_and_queue<A: Serialize + ?Sized>(
+        self: &Arc<Self>,
+        id: u32,
+        pending: Pending,
+        spec: &CallSpec<'_, A>,
+        window: u32,
+    ) -> Result<(CallGuard<'_>, Option<bytes::Bytes>), RpcError> {
+        self.register_pending(id, pending)?;
+        let mut guard = CallGuard { conn: self, id, armed: true, sent: false };
+        let oversize = self.queue_call(id, spec, window)?;
+        guard.sent = true;
+        Ok((guard, oversize))
     }
 
     /// Turns what a unary call's answer channel delivered into its result. No timer waits
@@ -369,9 +383,7 @@ impl ConnShared {
         let mut pending = Pending::new(Sink::Stream(tx));
         let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
         pending.arg_credit = credit.clone();
-        self.register_pending(id, pending)?;
-        let mut guard = CallGuard { conn: self, id, armed: true, sent: true };
-        let oversize = self.queue_call(id, &spec, window)?;
+        let (mut guard, oversize) = self.register_and_queue(id, pending, &spec, window)?;
         self.send_call_chunks(id, oversize).await?;
         // The argument stream starts at once: the remote's credit paces it.
         let producer = match (input, credit) {

@@ -236,9 +236,7 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     }
     let names = (resolved.controller_name, resolved.action.name);
     let inline = head.arg_values <= conn.limits.max_inline_values;
-    let security = conn.kernel.security();
-    let chain = conn.kernel.middleware();
-    if inline && security.is_none() && chain.is_none() {
+    if inline && !conn.kernel.has_call_layers() {
         return run_inline(conn, resolved.controller, resolved.index, args, responder, deadline);
     }
     let call = run_call(resolved.controller, resolved.index, args, responder, deadline);
@@ -486,7 +484,8 @@ fn start_handler(
         Ok(Err(error)) => {
             tracing::debug!(connection = conn.id, controller = call.controller, action = call.action.name, %error, "call rejected");
             let kind = error.kind();
-            conn.answer_error(call.id, &error);
+            // The responder was dropped inside `call`, which released the call's slot.
+            conn.send_error(call.id, &error);
             Err(kind)
         }
         Err(panic) => {

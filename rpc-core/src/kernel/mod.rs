@@ -296,6 +296,12 @@ impl RpcKernel {
         (!chain.is_empty()).then(|| chain.clone())
     }
 
+    /// Whether calls pass through a policy or middleware (either may wait, so such calls
+    /// run as a whole future rather than inline); two atomic loads, no lock.
+    pub(crate) fn has_call_layers(&self) -> bool {
+        self.inner.has_security.load(Acquire) || self.inner.has_middleware.load(Acquire)
+    }
+
     pub(crate) fn security(&self) -> Option<SharedSecurity> {
         if !self.inner.has_security.load(Acquire) {
             return None;
