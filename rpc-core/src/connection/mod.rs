@@ -325,6 +325,11 @@ impl ConnShared {
 
     /// Ends call `id` of the remote with `error`, releasing its slot first so that the
     /// remote may start its next call as soon as it reads the answer.
+    ///
+    /// For the call's own code (its task, its routing task, its middleware): it only
+    /// forgets the table entry, which is how Cancel and the connection's close reach a
+    /// running handler. From outside the call, use `inbound::fail_inbound`, which stops
+    /// the handler first.
     pub(crate) fn answer_error(&self, id: u32, error: &RpcError) {
         self.inbound.lock().remove(&id);
         self.send_error(id, error);
