@@ -260,6 +260,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 direction,
                 allowance,
                 batch: None,
+                grant_yield: None,
                 decode: |item| codec::decode_prescanned::<T>(item),
             }),
         }
@@ -313,6 +314,9 @@ struct RemoteStream<T> {
     allowance: Arc<AtomicI64>,
     /// The Items frame being read, if its items are not all yielded yet.
     batch: Option<Batch>,
+    /// Set when credit was just granted: the consumer steps aside once so that the
+    /// connection's writer sends the grant now (see [`RemoteStream::consumed`]).
+    grant_yield: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
     /// Decodes an item already checked to be one value within the depth limit (the stream
     /// type itself needs no `DeserializeOwned` bound, so the server can hold
     /// `RpcStream<T>` for any serializable `T`).
@@ -338,12 +342,19 @@ impl<T> RemoteStream<T> {
     }
 
     /// Counts a consumed item's cost and grants credit back once half the window is spent.
+    ///
+    /// A grant is only queued here; the writer task sends it. A consumer with items ready
+    /// would otherwise not yield until it had read them all, so the grant would leave only
+    /// then and the producer would idle while the consumer read, and the consumer while the
+    /// producer wrote. The next poll therefore yields once (at the back of the scheduler's
+    /// queue, behind the writer), which keeps both ends busy.
     fn consumed(&mut self, body_len: usize) {
         self.consumed += message::stream_item_cost(body_len);
         if self.consumed >= (self.window as u64 / 2).max(1) {
             self.allowance.fetch_add(self.consumed as i64, Ordering::AcqRel);
             self.conn.send_credit(self.id, self.consumed);
             self.consumed = 0;
+            self.grant_yield = Some(Box::pin(tokio::task::yield_now()));
         }
     }
 
@@ -387,6 +398,10 @@ impl<T> RemoteStream<T> {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, RpcError>>> {
+        if let Some(step_aside) = &mut self.grant_yield {
+            std::task::ready!(step_aside.as_mut().poll(cx));
+            self.grant_yield = None;
+        }
         if let Some(item) = self.next_batched() {
             return Poll::Ready(Some(item));
         }

@@ -421,6 +421,43 @@ transport_tests! {
         assert!(eventually(Duration::from_secs(1), || state.dropped.load(SeqCst) == 1).await);
     }
 
+    async fn a_busy_reader_grants_credit_while_it_reads(h: Harness) {
+        // The reader runs as a task and never waits while items are ready, like a consumer
+        // that does real work per item (here: blocking 2 ms). The credit it grants halfway
+        // through the window must still leave at once, so the producer makes the next
+        // items while the reader is busy with the rest of the window. If the grant only
+        // left once the reader ran dry, the two ends would take turns instead of working
+        // together.
+        let state = state();
+        let window = 16 * rpc_core::protocol::message::stream_item_cost(1) as u32;
+        let client = h.client_with(Limits::default().stream_window(window));
+        let p = client.controller::<StreamsClient>();
+        let mut stream = p.flood(10_000).await.unwrap();
+        // Items below 128 encode in one byte: the window holds exactly 16 of them.
+        let first_window = 16;
+        // Let the producer fill the window before reading.
+        assert!(
+            eventually(Duration::from_secs(5), || state.produced.load(SeqCst) >= first_window)
+                .await
+        );
+        let reader = tokio::spawn(async move {
+            let mut produced_at = Vec::new();
+            for expected in 0..first_window as u64 {
+                assert_eq!(stream.next().await.unwrap().unwrap(), expected);
+                std::thread::sleep(Duration::from_millis(2));
+                produced_at.push(state.produced.load(SeqCst));
+            }
+            produced_at
+        });
+        let produced_at = within(Duration::from_secs(10), "reading a window", reader).await.unwrap();
+        let last = *produced_at.last().unwrap();
+        assert!(
+            last > first_window + 1,
+            "the producer made no item while the reader worked through its first window \
+             ({first_window} items; produced after each read: {produced_at:?})"
+        );
+    }
+
     async fn the_window_counts_bytes_so_large_items_stay_few(h: Harness) {
         // 64 KiB items against the default 256 KiB window: a paused reader holds about four
         // of them, not a window of 256 items (16 MiB) as an item-counted window would.
