@@ -20,10 +20,11 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::connection::ConnShared;
+use crate::connection::slots::Slot;
 use crate::error::RpcError;
 use crate::kernel::controller::ActionError;
 use crate::kernel::responder::hidden_failure;
@@ -222,7 +223,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
         conn: Arc<ConnShared>,
         id: u32,
         window: u32,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         producer: Option<AbortHandle>,
         allowance: Arc<AtomicI64>,
     ) -> RpcStream<T> {
@@ -292,7 +293,7 @@ enum Direction {
     /// Items the callee sends back to this (calling) side.
     Result {
         /// The calls-in-flight slot this stream holds until it ends.
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
         /// The task sending this side's argument stream on the same call (bidirectional).
         producer: Option<AbortHandle>,
     },

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::ConnShared;
 use super::producer::{Sent, send_stream};
+use super::slots::{NoSlot, Slot, Slots};
 use crate::client::Progress;
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec;
@@ -39,7 +40,7 @@ pub(crate) enum Sink {
     /// A streaming call: StreamOpen, items (within credit), then End or Error.
     Stream(StreamSender),
     /// A call this routing server forwarded for `caller`: answers go back to it, unread.
-    Routed { caller: Weak<ConnShared>, caller_id: u32, _slot: OwnedSemaphorePermit },
+    Routed { caller: Weak<ConnShared>, caller_id: u32, _slot: Slot },
 }
 
 impl Pending {
@@ -215,9 +216,9 @@ impl ConnShared {
         &self,
         deadline: Instant,
         spec: &CallSpec<'_, A>,
-        slots: &Arc<Semaphore>,
-    ) -> Result<OwnedSemaphorePermit, RpcError> {
-        let no_slot = match slots.clone().try_acquire_owned() {
+        slots: &Arc<Slots>,
+    ) -> Result<Slot, RpcError> {
+        let no_slot = match slots.try_take() {
             Ok(slot) => return Ok(slot),
             Err(e) => e,
         };
@@ -225,13 +226,13 @@ impl ConnShared {
             // A server never queues calls to a client: past the budget, the caller hears
             // Busy at once instead of the server buffering.
             return Err(match no_slot {
-                tokio::sync::TryAcquireError::Closed => self.disconnect_error(),
-                tokio::sync::TryAcquireError::NoPermits => RpcError::busy(
+                NoSlot::Closed => self.disconnect_error(),
+                NoSlot::Full => RpcError::busy(
                     "as many calls to this client are outstanding as allowed (Limits::max_calls_to_client)",
                 ),
             });
         }
-        let wait = Box::pin(tokio::time::timeout_at(deadline, slots.clone().acquire_owned()));
+        let wait = Box::pin(tokio::time::timeout_at(deadline, slots.take()));
         match wait.await {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_)) => Err(self.disconnect_error()),

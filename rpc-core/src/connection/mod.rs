@@ -4,6 +4,7 @@
 //! - `producer`: sends a local stream's items within the remote's credit, batched.
 //! - `calls`: calls this side started (ids, pending table, cancellation).
 //! - `deadlines`: the one timer per connection that times those calls out.
+//! - `slots`: the calls-in-flight budget the remote granted.
 //! - `inbound`: calls the remote started (dispatch to the kernel, slots, cancellation).
 //! - `driver`: the handshake and the read and write loops that move bytes.
 //!
@@ -17,6 +18,7 @@ pub(crate) mod driver;
 pub(crate) mod inbound;
 pub(crate) mod outbox;
 pub(crate) mod producer;
+pub(crate) mod slots;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -111,9 +113,9 @@ pub(crate) struct ConnShared {
     pub(crate) auth_generation: AtomicU32,
     /// Calls the remote accepts at once (from its Hello): calls beyond wait here for a slot
     /// rather than be refused with `Busy`.
-    pub(crate) call_slots: Arc<Semaphore>,
+    pub(crate) call_slots: Arc<slots::Slots>,
     /// Streaming calls the remote accepts open at once (from its Hello), likewise.
-    pub(crate) stream_slots: Arc<Semaphore>,
+    pub(crate) stream_slots: Arc<slots::Slots>,
     /// Whether the remote may call actions (anonymous access allowed, or authenticated).
     pub(crate) authenticated: AtomicBool,
     /// Frames sent before authenticating that were not allowed then.
@@ -190,17 +192,11 @@ impl ConnShared {
             preauth_strikes: AtomicU32::new(0),
             // A server calls back at most `max_calls_to_client` at once, whatever the client
             // would accept.
-            call_slots: Arc::new(Semaphore::new(
-                (remote.max_calls.max(1) as usize)
-                    .min(match role {
-                        Role::Acceptor => max_calls_to_client,
-                        Role::Dialer => usize::MAX,
-                    })
-                    .min(Semaphore::MAX_PERMITS),
-            )),
-            stream_slots: Arc::new(Semaphore::new(
-                (remote.max_streams.max(1) as usize).min(Semaphore::MAX_PERMITS),
-            )),
+            call_slots: slots::Slots::new((remote.max_calls.max(1) as usize).min(match role {
+                Role::Acceptor => max_calls_to_client,
+                Role::Dialer => usize::MAX,
+            })),
+            stream_slots: slots::Slots::new(remote.max_streams.max(1) as usize),
         })
     }
 

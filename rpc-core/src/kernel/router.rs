@@ -148,7 +148,7 @@ pub(crate) fn route_call(conn: &Arc<ConnShared>, frame: Frame) {
         // only its Call frame.
         let slots = if stream { callee.stream_slots.clone() } else { callee.call_slots.clone() };
         let wait = caller.limits.call_timeout;
-        let slot = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+        let slot = match tokio::time::timeout(wait, slots.take()).await {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) => return caller.answer_error(id, &unreachable_peer(&alias)),
             Err(_) => {
@@ -171,7 +171,7 @@ fn forward_call(
     callee: &Arc<ConnShared>,
     session: &crate::Session,
     frame: Frame,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: crate::connection::slots::Slot,
     stream: bool,
 ) -> Result<(), RpcError> {
     let callee_id = callee.alloc_id()?;
