@@ -116,7 +116,12 @@ impl fmt::Display for ErrorKind {
 /// assert_eq!(e.to_string(), "access denied: only admins may save users");
 /// ```
 #[derive(Clone, PartialEq)]
-pub struct RpcError {
+pub struct RpcError(Box<ErrorParts>);
+
+/// What an [`RpcError`] holds. Boxed: errors are rare, and a one-pointer error keeps every
+/// `Result<T, RpcError>` (each call's answer, each stream item) small to move around.
+#[derive(Clone, PartialEq)]
+struct ErrorParts {
     kind: ErrorKind,
     message: String,
     /// Nominal name of a [`ErrorKind::Remote`] error.
@@ -129,7 +134,13 @@ pub struct RpcError {
 impl RpcError {
     /// An error of `kind` with a message saying what happened.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RpcError {
-        RpcError { kind, message: message.into(), name: None, payload: None, correlation_id: None }
+        RpcError(Box::new(ErrorParts {
+            kind,
+            message: message.into(),
+            name: None,
+            payload: None,
+            correlation_id: None,
+        }))
     }
 
     /// Authentication failed or is required (for [`Security::authenticate`](crate::Security)).
@@ -195,13 +206,13 @@ impl RpcError {
     /// ```
     pub fn remote<E: Entity + serde::Serialize>(error: &E, message: impl Into<String>) -> RpcError {
         match rmp_serde::to_vec_named(error) {
-            Ok(payload) => RpcError {
+            Ok(payload) => RpcError(Box::new(ErrorParts {
                 kind: ErrorKind::Remote,
                 message: message.into(),
                 name: Some(E::ENTITY_NAME.to_string()),
                 payload: Some(Bytes::from(payload)),
                 correlation_id: None,
-            },
+            })),
             Err(e) => RpcError::internal(format!(
                 "the error `{}` could not be serialized: {e}",
                 E::ENTITY_NAME
@@ -217,38 +228,38 @@ impl RpcError {
         payload: Option<Bytes>,
         correlation_id: Option<String>,
     ) -> RpcError {
-        RpcError { kind, message, name, payload, correlation_id }
+        RpcError(Box::new(ErrorParts { kind, message, name, payload, correlation_id }))
     }
 
     /// What went wrong, to match on.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The message, without the kind.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The nominal name of a [`ErrorKind::Remote`] error.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.0.name.as_deref()
     }
 
     /// The id under which the server logged the detail of an [`ErrorKind::Internal`] error.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.correlation_id.as_deref()
+        self.0.correlation_id.as_deref()
     }
 
     /// Attaches a correlation id (the server does this for hidden failures).
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> RpcError {
-        self.correlation_id = Some(id.into());
+        self.0.correlation_id = Some(id.into());
         self
     }
 
     /// The MessagePack payload of a [`ErrorKind::Remote`] error.
     pub fn payload(&self) -> Option<&Bytes> {
-        self.payload.as_ref()
+        self.0.payload.as_ref()
     }
 
     /// Rebuilds the typed error `E` if this is a remote error of `E`'s nominal name.
@@ -256,32 +267,32 @@ impl RpcError {
     /// Returns `None` for any other error, including one whose name matches but whose
     /// fields do not decode (a version mismatch between the two sides).
     pub fn downcast<E: Entity + serde::de::DeserializeOwned>(&self) -> Option<E> {
-        if self.kind != ErrorKind::Remote || self.name.as_deref() != Some(E::ENTITY_NAME) {
+        if self.0.kind != ErrorKind::Remote || self.0.name.as_deref() != Some(E::ENTITY_NAME) {
             return None;
         }
-        let payload = self.payload.as_ref()?;
+        let payload = self.0.payload.as_ref()?;
         crate::protocol::codec::decode_value::<E>(payload).ok()
     }
 
     /// Whether this is a remote error of `E`'s nominal name.
     pub fn is<E: Entity>(&self) -> bool {
-        self.kind == ErrorKind::Remote && self.name.as_deref() == Some(E::ENTITY_NAME)
+        self.0.kind == ErrorKind::Remote && self.0.name.as_deref() == Some(E::ENTITY_NAME)
     }
 }
 
 impl fmt::Display for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.name, self.message.is_empty()) {
-            (Some(name), _) if self.kind == ErrorKind::Remote => {
-                write!(f, "{}", self.message)?;
-                if self.message.is_empty() {
+        match (&self.0.name, self.0.message.is_empty()) {
+            (Some(name), _) if self.0.kind == ErrorKind::Remote => {
+                write!(f, "{}", self.0.message)?;
+                if self.0.message.is_empty() {
                     write!(f, "remote error `{name}`")?;
                 }
             }
-            (_, true) => write!(f, "{}", self.kind)?,
-            (_, false) => write!(f, "{}: {}", self.kind, self.message)?,
+            (_, true) => write!(f, "{}", self.0.kind)?,
+            (_, false) => write!(f, "{}: {}", self.0.kind, self.0.message)?,
         }
-        if let Some(id) = &self.correlation_id {
+        if let Some(id) = &self.0.correlation_id {
             write!(f, " (correlation id {id})")?;
         }
         Ok(())
@@ -291,11 +302,11 @@ impl fmt::Display for RpcError {
 impl fmt::Debug for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RpcError");
-        d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(name) = &self.name {
+        d.field("kind", &self.0.kind).field("message", &self.0.message);
+        if let Some(name) = &self.0.name {
             d.field("name", name);
         }
-        if let Some(id) = &self.correlation_id {
+        if let Some(id) = &self.0.correlation_id {
             d.field("correlation_id", id);
         }
         d.finish()
@@ -307,5 +318,20 @@ impl std::error::Error for RpcError {}
 impl From<std::io::Error> for RpcError {
     fn from(e: std::io::Error) -> RpcError {
         RpcError::disconnected(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_pointer_so_results_stay_small() {
+        assert_eq!(std::mem::size_of::<RpcError>(), std::mem::size_of::<usize>());
+        assert_eq!(std::mem::size_of::<Result<u64, RpcError>>(), 16);
+        let e = RpcError::new(ErrorKind::Busy, "try later").with_correlation_id("c-7");
+        assert_eq!(e.clone(), e);
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(e.correlation_id(), Some("c-7"));
     }
 }
