@@ -255,8 +255,8 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 rx,
                 conn,
                 id,
-                window,
                 consumed: 0,
+                grant_at: (window as u64 / 2).max(1),
                 done: false,
                 direction,
                 allowance,
@@ -306,9 +306,10 @@ struct RemoteStream<T> {
     rx: mpsc::UnboundedReceiver<Frame>,
     conn: Arc<ConnShared>,
     id: u32,
-    window: u32,
     /// Credit consumed since the last grant.
     consumed: u64,
+    /// Consumed credit at which it is granted back: half the window.
+    grant_at: u64,
     done: bool,
     direction: Direction,
     /// Credit the remote has left (shared with the read loop's [`StreamSender`]).
@@ -349,14 +350,21 @@ impl<T> RemoteStream<T> {
     /// then and the producer would idle while the consumer read, and the consumer while the
     /// producer wrote. The next poll therefore yields once (at the back of the scheduler's
     /// queue, behind the writer), which keeps both ends busy.
+    #[inline]
     fn consumed(&mut self, body_len: usize) {
         self.consumed += message::stream_item_cost(body_len);
-        if self.consumed >= (self.window as u64 / 2).max(1) {
-            self.allowance.fetch_add(self.consumed as i64, Ordering::AcqRel);
-            self.conn.send_credit(self.id, self.consumed);
-            self.consumed = 0;
-            self.grant_yield = Some(Box::pin(tokio::task::yield_now()));
+        if self.consumed >= self.grant_at {
+            self.grant();
         }
+    }
+
+    /// Grants what was consumed since the last grant (see [`RemoteStream::consumed`]).
+    #[cold]
+    fn grant(&mut self) {
+        self.allowance.fetch_add(self.consumed as i64, Ordering::AcqRel);
+        self.conn.send_credit(self.id, self.consumed);
+        self.consumed = 0;
+        self.grant_yield = Some(Box::pin(tokio::task::yield_now()));
     }
 
     /// Fails the stream with a protocol error (the remote sent something unreadable).

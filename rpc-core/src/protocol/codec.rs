@@ -69,7 +69,36 @@ pub fn value_len(data: &[u8], max_depth: usize) -> Result<usize, DecodeError> {
 ///
 /// assert_eq!(scan_value(&[0x92, 0x01, 0xa1, b'x'], 64), Ok((4, 3))); // the array and 2 items
 /// ```
+#[inline]
 pub fn scan_value(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeError> {
+    // A number, a bool, nil or a short string (a stream's `u64` item, say) is measured by
+    // its marker alone, inline; everything else takes the general scan.
+    if let Some(&first) = data.first()
+        && let Some(len) = fixed_len(first)
+        && len <= data.len()
+    {
+        return Ok((len, 1));
+    }
+    scan_any(data, max_depth)
+}
+
+/// The encoded length of a value whose marker alone says how long it is: numbers, nil,
+/// booleans and fixstr. `None` for containers, and for anything with a length field.
+#[inline(always)]
+fn fixed_len(marker: u8) -> Option<usize> {
+    Some(match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 1,
+        0xa0..=0xbf => 1 + (marker & 0x1f) as usize,
+        0xcc | 0xd0 => 2,
+        0xcd | 0xd1 => 3,
+        0xca | 0xce | 0xd2 => 5,
+        0xcb | 0xcf | 0xd3 => 9,
+        _ => return None,
+    })
+}
+
+/// [`scan_value`] for any value.
+fn scan_any(data: &[u8], max_depth: usize) -> Result<(usize, u64), DecodeError> {
     let max_depth = max_depth.min(MAX_TRACKED_DEPTH);
     let malformed = DecodeError::Malformed { max_depth };
     // A value that is no container (a stream's `u64` item, say) needs no stack at all.
