@@ -419,6 +419,7 @@ pub fn fuzz_limits() -> Limits {
         .max_protocol_errors(10)
         .max_outbound_queue(64 << 10)
         .stream_window(4)
+        .result_stream_window(4)
 }
 
 /// A server for the targets; with `require_auth`, connections must authenticate first.

@@ -56,13 +56,23 @@ pub struct Limits {
     pub max_inline_values: u64,
     /// Open streams (subscriptions) per connection. Default 1024; one more → `Busy`.
     pub max_streams: usize,
-    /// Credit a stream's producer may run ahead of its consumer, in bytes: each item costs its
-    /// encoded size plus 64 ([`stream_item_cost`](crate::protocol::message::stream_item_cost)).
-    /// Default 256 KiB: about 4 000 small items or four 64 KiB ones, so a fast stream of
-    /// small items does not wait on a round trip every few hundred, and an unread stream
-    /// holds at most this much (plus one item) in the consumer's memory. Credit is returned
-    /// in halves of it. A caller may ask a callee for up to 16 times the callee's own.
+    /// Credit a stream's producer may run ahead of its consumer, in bytes, for the streams
+    /// the remote starts toward this side: argument streams of the calls it serves. Each
+    /// item costs its encoded size plus 64
+    /// ([`stream_item_cost`](crate::protocol::message::stream_item_cost)). Default 256 KiB:
+    /// about 4 000 small items or four 64 KiB ones; an unread argument stream holds at most
+    /// this much (plus one item) in this side's memory. Credit is returned in halves of it.
+    /// It also caps what a caller may ask for a result stream of this side: up to 16 times
+    /// this, and this when the caller asks nothing.
     pub stream_window: u32,
+    /// The window this side asks for on the streams it calls (its subscriptions), in the
+    /// same bytes of item cost. Default 1 MiB, larger than [`Limits::stream_window`]
+    /// because this side chose to open these streams and reads them itself: the window must
+    /// cover a credit round trip, or a fast producer stalls once per half window. On a VM
+    /// whose cross-core wake-ups cost about 30 us, 256 KiB kept a stream of small items at
+    /// 0.57x raw tokio's rate and 1 MiB at 0.87x (`BENCHMARKS.md`). An unread subscription
+    /// holds at most the granted window in this side's memory.
+    pub result_stream_window: u32,
     /// Outbound bytes queued for a connection that does not read, above which it is closed as
     /// a slow consumer (`GoAway` code `SlowConsumer`). Default 8 MiB.
     pub max_outbound_queue: usize,
@@ -127,6 +137,7 @@ impl Default for Limits {
             max_inline_values: 4096,
             max_streams: 1024,
             stream_window: 256 << 10,
+            result_stream_window: 1 << 20,
             max_outbound_queue: 8 << 20,
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -186,6 +197,8 @@ setters! {
     max_streams: usize,
     /// Sets [`Limits::stream_window`].
     stream_window: u32,
+    /// Sets [`Limits::result_stream_window`].
+    result_stream_window: u32,
     /// Sets [`Limits::max_outbound_queue`].
     max_outbound_queue: usize,
     /// Sets [`Limits::write_timeout`].

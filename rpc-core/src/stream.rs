@@ -6,9 +6,10 @@
 //! subscription; it yields `Result<T, RpcError>` items, ends at completion, yields one `Err`
 //! and ends on failure, and unsubscribes when dropped.
 //!
-//! Flow control: the server sends at most a window of credit (default
-//! [`Limits::stream_window`](crate::Limits), 256 KiB; an item costs its encoded size plus 64
-//! bytes) beyond what the client has consumed; the client grants more credit as it consumes.
+//! Flow control: the server sends at most a window of credit (the client asks for
+//! [`Limits::result_stream_window`](crate::Limits), 1 MiB by default, and the server grants
+//! up to 16 times its own `stream_window`; an item costs its encoded size plus 64 bytes)
+//! beyond what the client has consumed; the client grants more credit as it consumes.
 //! Small items thus run thousands deep, large ones a few, and an unread stream stalls only
 //! its own producer, holding at most a window (plus one item) in the client's memory.
 

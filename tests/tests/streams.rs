@@ -351,7 +351,7 @@ transport_tests! {
         // small items cost at least 65 bytes of credit each), so no producer can finish
         // before its reader starts.
         let window = 4 << 10;
-        let client = h.client_with(Limits::default().stream_window(window));
+        let client = h.client_with(Limits::default().result_stream_window(window));
         let p = client.controller::<StreamsClient>();
         let longer = window_of_small_items(window) as u64 + 1;
         let opens = (0..200u64).map(|i| {
@@ -395,7 +395,7 @@ transport_tests! {
 
     async fn slow_reader_pauses_the_producer(h: Harness) {
         let state = state();
-        let window = window_of_small_items(Limits::default().stream_window);
+        let window = window_of_small_items(Limits::default().result_stream_window);
         let client = h.client();
         let p = client.controller::<StreamsClient>();
         let mut stream = p.flood(10_000_000).await.unwrap();
@@ -430,7 +430,7 @@ transport_tests! {
         // together.
         let state = state();
         let window = 16 * rpc_core::protocol::message::stream_item_cost(1) as u32;
-        let client = h.client_with(Limits::default().stream_window(window));
+        let client = h.client_with(Limits::default().result_stream_window(window));
         let p = client.controller::<StreamsClient>();
         let mut stream = p.flood(10_000).await.unwrap();
         // Items below 128 encode in one byte: the window holds exactly 16 of them.
@@ -459,8 +459,9 @@ transport_tests! {
     }
 
     async fn the_window_counts_bytes_so_large_items_stay_few(h: Harness) {
-        // 64 KiB items against the default 256 KiB window: a paused reader holds about four
-        // of them, not a window of 256 items (16 MiB) as an item-counted window would.
+        // 64 KiB items against the default 1 MiB window a client asks for: a paused reader
+        // holds about 16 of them, not a window of thousands (as an item-counted window of
+        // the same small-item depth would allow).
         let state = state();
         let client = h.client();
         let p = client.controller::<StreamsClient>();
@@ -468,7 +469,7 @@ transport_tests! {
         assert_eq!(next(&mut stream).await.unwrap().unwrap().len(), 64 << 10);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let paused = state.produced.load(SeqCst);
-        let per_window = Limits::default().stream_window as usize / (64 << 10);
+        let per_window = Limits::default().result_stream_window as usize / (64 << 10);
         assert!(
             (per_window..=per_window + 2).contains(&paused),
             "{paused} items of 64 KiB made for a paused reader; expected one read plus a \
@@ -482,8 +483,8 @@ transport_tests! {
     }
 
     async fn many_fast_streams_do_not_overrun_the_outbound_queue(h: Harness) {
-        // 64 streams of 32 KiB items, all read: together their windows (64 x 256 KiB) are
-        // twice the server's outbound queue (8 MiB). Producers must wait for the writer
+        // 64 streams of 32 KiB items, all read: together their windows (64 x 1 MiB) are
+        // eight times the server's outbound queue (8 MiB). Producers must wait for the writer
         // instead of queueing past it, or the connection is closed as a slow consumer
         // though its reader keeps up.
         let client = h.client();
@@ -508,7 +509,7 @@ transport_tests! {
         let state = state();
         // 32 KiB items (each costs a little more than 32 KiB of credit): a full window of
         // them is in flight toward a reader that does not read.
-        let window = Limits::default().stream_window as usize / ((32 << 10) + 128);
+        let window = Limits::default().result_stream_window as usize / ((32 << 10) + 128);
         let client = h.client();
         let p = client.controller::<StreamsClient>();
         let unread = p.blobs(32 << 10).await.unwrap();

@@ -379,7 +379,7 @@ impl ConnShared {
         let deadline = Instant::now() + spec.timeout;
         let slot = self.acquire_slot(deadline, &spec, &self.stream_slots).await?;
         let id = self.alloc_id()?;
-        let window = self.limits.stream_window.max(1);
+        let window = self.limits.result_stream_window.max(1);
         let (tx, mut rx, allowance) = StreamSender::channel(window);
         let mut pending = Pending::new(Sink::Stream(tx));
         let credit = input.as_ref().map(|_| Arc::new(Semaphore::new(0)));
