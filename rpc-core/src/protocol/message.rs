@@ -189,24 +189,18 @@ impl<'a> CallHead<'a> {
     /// Writes everything but the arguments: the caller appends the argument array, then
     /// [`CallHead::encode_tail`].
     pub fn encode_start(out: &mut BytesMut, controller: &str, action: &str) {
-        let mut w = codec::BytesWriter(out);
-        let _ = enc::write_array_len(&mut w, 5);
-        let _ = enc::write_str(&mut w, controller);
-        let _ = enc::write_str(&mut w, action);
+        out.put_u8(0x95); // an array of 5
+        codec::put_str(out, controller);
+        codec::put_str(out, action);
     }
 
     /// Writes the options that follow the arguments.
     pub fn encode_tail(out: &mut BytesMut, timeout_ms: Option<u64>, window: u32) {
-        let mut w = codec::BytesWriter(out);
         match timeout_ms {
-            Some(ms) => {
-                let _ = enc::write_uint(&mut w, ms);
-            }
-            None => {
-                let _ = enc::write_nil(&mut w);
-            }
+            Some(ms) => codec::put_uint(out, ms),
+            None => out.put_u8(0xc0),
         }
-        let _ = enc::write_uint(&mut w, window as u64);
+        codec::put_uint(out, window as u64);
     }
 }
 
