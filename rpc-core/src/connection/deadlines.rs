@@ -77,6 +77,10 @@ impl ConnShared {
         let mut expired = Vec::new();
         let mut earliest = NONE;
         for (&id, pending) in self.outbound.lock().iter() {
+            if pending.answered() {
+                // Answered in time: its caller is about to take the answer.
+                continue;
+            }
             match pending.deadline {
                 Some(deadline) if deadline <= now => expired.push(id),
                 Some(deadline) => earliest = earliest.min(self.deadlines.offset(deadline)),
@@ -84,8 +88,8 @@ impl ConnShared {
             }
         }
         for id in expired {
-            // The caller's answer channel closes with the entry; it reads the timeout from
-            // its own clock.
+            // Dropping the entry wakes its caller, who reads the timeout from its own
+            // clock.
             self.cancel_outbound(id);
         }
         earliest

@@ -277,10 +277,20 @@ impl ConnShared {
         if let Some(alias) = &alias {
             self.kernel.router().release(alias, self.id);
         }
-        // Dropping the senders wakes every waiting call with the close reason; routed calls
-        // answer their callers that the peer left.
-        let pending = std::mem::take(&mut *self.outbound.lock());
-        for (_, call) in pending {
+        // Dropping the entries wakes every waiting call with the close reason; routed calls
+        // answer their callers that the peer left. Answers that arrived stay for their
+        // callers to take.
+        let mut failed = Vec::new();
+        {
+            let mut table = self.outbound.lock();
+            for (id, call) in std::mem::take(&mut *table) {
+                match call.answered() {
+                    true => drop(table.insert(id, call)),
+                    false => failed.push(call),
+                }
+            }
+        }
+        for call in failed {
             call.fail(alias.as_deref());
         }
         let running = std::mem::take(&mut *self.inbound.lock());
