@@ -842,6 +842,21 @@ mod tests {
     }
 
     #[test]
+    fn the_read_loop_hears_the_close() {
+        let conn = connection();
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = waker(counter.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut closed = Box::pin(conn.closed_for_reader());
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+        conn.close(RpcError::disconnected("test"), None);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the close wakes the read loop");
+        assert!(closed.as_mut().poll(&mut cx).is_ready());
+        // A read loop that starts polling after the close sees it at once.
+        assert!(Box::pin(conn.closed_for_reader()).as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
     fn an_entry_dropped_unanswered_wakes_its_caller() {
         // The deadline sweeper and the connection's close drop entries: the caller must hear
         // of it, or it would wait forever.

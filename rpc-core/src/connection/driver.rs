@@ -251,7 +251,6 @@ async fn read_loop<R: TransportReader>(
     mut decoder: FrameDecoder,
 ) {
     let limits = shared.limits.clone();
-    let mut closed = std::pin::pin!(shared.closed());
     let mut last_read = Instant::now();
     let mut frame_started: Option<Instant> = None;
     let mut pings_unanswered = 0u32;
@@ -272,7 +271,7 @@ async fn read_loop<R: TransportReader>(
         decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));
         tokio::select! {
             biased;
-            _ = &mut closed => break,
+            _ = shared.closed_for_reader() => break,
             read = receive(&mut reader, &mut decoder) => match read {
                 Ok(0) => {
                     let reason = if decoder.in_frame() { "the remote closed in the middle of a frame" } else { "the remote closed the connection" };
