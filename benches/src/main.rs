@@ -140,6 +140,7 @@ fn main() {
                 Some("bytes") => systems::CallKind::Bytes,
                 Some("stream") => systems::CallKind::Stream,
                 Some("t64") => systems::CallKind::Pipelined,
+                Some("echo-spawned") => systems::CallKind::EchoSpawned,
                 Some(other) => panic!("unknown call kind {other}"),
             });
             return harness::runtime().block_on(systems::calls(system, n));

@@ -359,6 +359,10 @@ pub enum CallKind {
     Stream,
     /// Small echoes, 64 in flight on the one connection (the throughput path).
     Pipelined,
+    /// Small echoes, one at a time, from a spawned task instead of `block_on`'s own future
+    /// (ours only): tokio's current-thread scheduler polls a woken `block_on` future only
+    /// after one more poll of the I/O driver, which a task woken from its run queue skips.
+    EchoSpawned,
 }
 
 thread_local! {
@@ -371,6 +375,7 @@ pub fn set_call_kind(k: CallKind) {
 
 async fn n_calls<R: Rpc>(r: &R, n: u64) {
     match KIND.with(|c| c.get()) {
+        CallKind::EchoSpawned => panic!("echo-spawned runs ours-tcp only"),
         CallKind::Echo => {
             for _ in 0..n {
                 r.echo().await;
@@ -438,6 +443,15 @@ pub async fn calls(system: System, n: u64) {
         System::OursTcp => {
             let (addr, _keep) = ours::tcp_server().await;
             let r = ours::tcp_client(addr, 64 << 10).await;
+            if KIND.with(|k| k.get()) == CallKind::EchoSpawned {
+                let (bench, small) = (r.bench.clone(), crate::proto::small());
+                let calls = async move {
+                    for _ in 0..n {
+                        bench.echo(small.clone()).await.unwrap();
+                    }
+                };
+                return tokio::spawn(calls).await.unwrap();
+            }
             n_calls(&r, n).await;
         }
         System::OursWs => {
