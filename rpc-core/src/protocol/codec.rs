@@ -647,6 +647,16 @@ mod tests {
         }
     }
 
+    /// A reproducible stream of pseudo-random numbers (xorshift64) for the scan tests.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// The plainest possible scan, recursive, for [`scan_value`] to be checked against:
     /// `Some((length, values))`, or `None` for anything refused.
     fn reference_scan(data: &[u8], depth_left: usize) -> Option<(usize, u64)> {
@@ -701,13 +711,7 @@ mod tests {
     /// scan's fast paths must agree with the plain recursive reading on every one.
     #[test]
     fn the_scan_agrees_with_a_plain_recursive_reading() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         fn value(out: &mut Vec<u8>, next: &mut dyn FnMut() -> u64, depth: u32) {
             match next() % 12 {
                 0 if depth < 6 => {
@@ -770,13 +774,7 @@ mod tests {
     /// step with `marker_lengths`.
     #[test]
     fn the_scalar_path_agrees_with_the_general_loop() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for case in 0..20_000 {
             let len = (next() % 12) as usize;
             let mut value: Vec<u8> = (0..len).map(|_| next() as u8).collect();
