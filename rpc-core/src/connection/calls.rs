@@ -48,10 +48,10 @@ pub(crate) enum Sink {
 /// answer frame here and wakes the caller, who then takes the entry and the answer together
 /// ([`ConnShared::answer`]).
 ///
-/// A oneshot channel per call did the same job with an allocation and about 400 more
-/// instructions per call (its shared state, atomics and drop). Dropping the entry without
-/// an answer (the deadline sweeper, the connection's close) wakes the caller, who then finds
-/// no entry, as a closed channel would have told it.
+/// A oneshot channel per call did the same job with an allocation of its shared state and
+/// its atomics (callgrind: 122 instructions more per call at 64 in flight). Dropping the
+/// entry without an answer (the deadline sweeper, the connection's close) wakes the caller,
+/// who then finds no entry, as a closed channel would have told it.
 pub(crate) struct Answer(AnswerState);
 
 enum AnswerState {
@@ -251,7 +251,8 @@ impl ConnShared {
     /// Ends call `id` here with `error` (delivered to whoever waits for it) and tells the
     /// remote to stop it.
     pub(crate) fn fail_outbound(self: &Arc<Self>, id: u32, error: &RpcError) {
-        if !self.outbound.lock().contains_key(&id) {
+        if self.outbound.lock().get(&id).is_none_or(|call| call.answered()) {
+            // Gone, or answered already: the remote has nothing left to stop.
             return;
         }
         let mut body = bytes::BytesMut::new();
