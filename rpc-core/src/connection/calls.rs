@@ -4,6 +4,7 @@
 //! Cancel safety: dropping a call's future before it resolved removes its entry and sends a
 //! Cancel frame, so the remote drops the handler. Dropping a result stream does the same.
 
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -230,14 +231,17 @@ impl ConnShared {
     fn answer(&self, id: u32) -> impl Future<Output = Option<Frame>> + '_ {
         std::future::poll_fn(move |cx| {
             let mut table = self.outbound.lock();
-            let Some(Pending { sink: Sink::Unary(answer), .. }) = table.get_mut(&id) else {
+            let Entry::Occupied(mut entry) = table.entry(id) else {
+                return Poll::Ready(None);
+            };
+            let Sink::Unary(answer) = &mut entry.get_mut().sink else {
                 return Poll::Ready(None);
             };
             match answer.take() {
                 Some(frame) => {
-                    let entry = table.remove(&id);
+                    let pending = entry.remove();
                     drop(table);
-                    drop(entry);
+                    drop(pending);
                     Poll::Ready(Some(frame))
                 }
                 None => {
@@ -661,54 +665,56 @@ fn decode_reply<R: DeserializeOwned>(frame: Frame) -> Result<R, RpcError> {
 pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
     let ends = matches!(frame.kind, Kind::Reply | Kind::Error | Kind::End);
     let mut table = conn.outbound.lock();
-    if let Some(Pending { sink: Sink::Unary(answer), .. }) = table.get_mut(&frame.id) {
-        // The one answer (a StreamOpen here means the remote streams where this side
-        // expects a value: the caller tells it to stop).
-        if ends || frame.kind == Kind::StreamOpen {
-            let waker = answer.arrive(frame);
-            drop(table);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }
+    // One lookup per frame: every stream item and routed answer comes through here.
+    let Entry::Occupied(mut entry) = table.entry(frame.id) else {
+        // A late frame for a call this side already gave up on: expected, ignored.
         return;
-    }
-    if ends {
-        let Some(pending) = table.remove(&frame.id) else { return };
-        drop(table);
-        match pending.sink {
-            Sink::Unary(_) => {}
-            Sink::Stream(tx) => {
-                if let Err(refused) = tx.send(frame) {
-                    conn.protocol_error(0, refused.reason());
-                }
-            }
-            Sink::Routed { caller, caller_id, _slot } => {
-                if let Some(caller) = caller.upgrade() {
-                    caller.release_inbound(caller_id);
-                    forward(&caller, frame.kind, caller_id, &frame.body);
+    };
+    match &mut entry.get_mut().sink {
+        Sink::Unary(answer) => {
+            // The one answer (a StreamOpen here means the remote streams where this side
+            // expects a value: the caller tells it to stop). Anything else is ignored.
+            if ends || frame.kind == Kind::StreamOpen {
+                let waker = answer.arrive(frame);
+                drop(table);
+                if let Some(waker) = waker {
+                    waker.wake();
                 }
             }
         }
-        return;
-    }
-    match table.get(&frame.id).map(|p| &p.sink) {
-        Some(Sink::Stream(tx)) => {
+        Sink::Stream(tx) if !ends => {
             let sent = tx.send(frame);
             drop(table);
             if let Err(refused) = sent {
                 conn.protocol_error(0, refused.reason());
             }
         }
-        Some(Sink::Routed { caller, caller_id, .. }) => {
+        Sink::Routed { caller, caller_id, .. } if !ends => {
             let (caller, caller_id) = (caller.clone(), *caller_id);
             drop(table);
             if let Some(caller) = caller.upgrade() {
                 forward(&caller, frame.kind, caller_id, &frame.body);
             }
         }
-        // A late frame for a call this side already gave up on: expected, ignored.
-        _ => {}
+        // The last frame of a stream or a routed call: the entry goes with it.
+        Sink::Stream(_) | Sink::Routed { .. } => {
+            let pending = entry.remove();
+            drop(table);
+            match pending.sink {
+                Sink::Stream(tx) => {
+                    if let Err(refused) = tx.send(frame) {
+                        conn.protocol_error(0, refused.reason());
+                    }
+                }
+                Sink::Routed { caller, caller_id, _slot } => {
+                    if let Some(caller) = caller.upgrade() {
+                        caller.release_inbound(caller_id);
+                        forward(&caller, frame.kind, caller_id, &frame.body);
+                    }
+                }
+                Sink::Unary(_) => {} // matched by the first arm
+            }
+        }
     }
 }
 

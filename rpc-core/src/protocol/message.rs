@@ -54,14 +54,9 @@ fn read_array(rest: &mut &[u8], min: u32, what: &str) -> Result<u32, DecodeError
 }
 
 fn write_opt_str(out: &mut BytesMut, s: Option<&str>) {
-    let mut w = codec::BytesWriter(out);
     match s {
-        Some(s) => {
-            let _ = enc::write_str(&mut w, s);
-        }
-        None => {
-            let _ = enc::write_nil(&mut w);
-        }
+        Some(s) => codec::put_str(out, s),
+        None => out.put_u8(0xc0),
     }
 }
 
@@ -424,7 +419,7 @@ pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
 
 /// Writes a body holding one unsigned integer.
 pub fn encode_uint(out: &mut BytesMut, v: u64) {
-    let _ = enc::write_uint(&mut codec::BytesWriter(out), v);
+    codec::put_uint(out, v);
 }
 
 /// The source a server stamps on a routed call: `[connection_id, alias?, username?]`.
