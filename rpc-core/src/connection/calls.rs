@@ -87,12 +87,12 @@ impl Answer {
 
     /// Takes the answer, if it arrived.
     fn take(&mut self) -> Option<Frame> {
+        if !self.arrived() {
+            return None;
+        }
         match std::mem::replace(&mut self.0, AnswerState::Waiting(None)) {
             AnswerState::Arrived(frame) => Some(frame),
-            AnswerState::Waiting(waker) => {
-                self.0 = AnswerState::Waiting(waker);
-                None
-            }
+            AnswerState::Waiting(_) => None,
         }
     }
 
