@@ -640,3 +640,93 @@ async fn n6_reconnect_does_not_resurrect_the_session() {
     assert_eq!(kind_of(&answer), ErrorKind::Unauthenticated);
     assert_eq!(kernel.stats().peers, 0);
 }
+
+/// A hand-written controller whose responder answers from an OS thread of its own, in four
+/// orders against the read loop's first poll of the call (by `x % 8`; ids are odd):
+/// 1: answered during the poll, which then finishes; 3: answered during the poll, which
+/// then waits once; 5: answered a little after the poll; 7: answered at once, racing it.
+struct Handoff;
+
+static HANDOFF_ACTIONS: [rpc_core::ActionInfo; 1] = [rpc_core::ActionInfo {
+    name: "double",
+    groups: &[],
+    data: &[],
+    kind: rpc_core::ActionKind::Unary,
+}];
+
+impl rpc_core::Controller for Handoff {
+    fn name(&self) -> &'static str {
+        "handoff"
+    }
+
+    fn actions(&self) -> &'static [rpc_core::ActionInfo] {
+        &HANDOFF_ACTIONS
+    }
+
+    fn call(
+        &self,
+        _action: usize,
+        args: &[u8],
+        responder: rpc_core::Responder,
+    ) -> Result<rpc_core::ActionFuture, rpc_core::RpcError> {
+        use std::future::Future;
+        use std::sync::atomic::AtomicBool;
+        let mut reader = responder.args(args)?;
+        let x: u32 = reader.next("x")?;
+        reader.finish()?;
+        let answered = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let flag = answered.clone();
+        std::thread::spawn(move || {
+            if x % 8 == 5 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let replied = responder.reply_value(&(u64::from(x) * 2));
+            flag.store(true, SeqCst);
+            let _ = tx.send(replied);
+        });
+        let mut first = true;
+        Ok(Box::pin(std::future::poll_fn(move |cx| {
+            if std::mem::take(&mut first) && matches!(x % 8, 1 | 3) {
+                let until = std::time::Instant::now() + Duration::from_secs(5);
+                while !answered.load(SeqCst) {
+                    assert!(std::time::Instant::now() < until, "the reply thread never answered");
+                    std::thread::yield_now();
+                }
+                if x % 8 == 3 {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+            }
+            std::pin::Pin::new(&mut rx).poll(cx).map(|r| r.expect("the reply thread"))
+        })))
+    }
+}
+
+/// A call polled on the read loop without a slot entry (no policy, no middleware) whose
+/// responder answers from another thread, before, during or after that poll: every call
+/// is answered once, and no slot leaks (with 8 slots, 100 bursts of 8 calls would meet
+/// `Busy` after a single leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_from_another_thread_frees_its_slot() {
+    let kernel = rpc_core::RpcKernel::with_limits(limits().max_calls_in_flight(8));
+    kernel.register(Handoff);
+    let mut peer = RawPeer::connect(&kernel).await;
+    for round in 0..100u32 {
+        let ids: Vec<u32> = (0..8).map(|i| 2 * (round * 8 + i) + 1).collect();
+        let burst: Vec<u8> =
+            ids.iter().flat_map(|&id| call(id, "handoff", "double", &(id,))).collect();
+        peer.send(&burst).await;
+        let mut answered = std::collections::HashSet::new();
+        for _ in 0..8 {
+            let answer = peer.recv_answer().await.expect("an answer");
+            assert_eq!(answer.kind, Kind::Reply, "round {round}: {:?}", error_of(&answer));
+            assert_eq!(value_of::<u64>(&answer), u64::from(answer.id) * 2);
+            answered.insert(answer.id);
+        }
+        assert_eq!(answered.len(), 8, "round {round}: every call answered once");
+    }
+    let conn = peer.conn().clone();
+    let emptied = tests::eventually(Duration::from_secs(2), || conn.calls_in_flight() == (0, 0));
+    assert!(emptied.await, "calls still counted: {:?}", conn.calls_in_flight());
+}

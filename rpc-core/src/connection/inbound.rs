@@ -219,24 +219,34 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         call_id: id,
         source,
     };
+    let inline = head.arg_values <= conn.limits.max_inline_values;
+    // A plain unary call without policy or middleware is polled right here, and most
+    // answer in that poll: such a call enters the table only if it must wait.
+    let plain = inline && !kind.streams_in() && !kind.streams_out();
+    let inline_token = match plain && !conn.kernel.has_call_layers() {
+        true => conn.begin_inline_call(),
+        false => {
+            table.insert(id, Inbound::Local { abort: None, credit: credit.clone(), args: args_tx });
+            0
+        }
+    };
+    drop(table);
     let responder = Responder {
         id,
         ctx,
-        credit: credit.clone(),
+        credit,
         window,
         args: parking_lot::Mutex::new(args_rx),
         slot: Some(bytes),
         scanned_args: (args.as_ptr() as usize, args.len()),
+        inline_token,
     };
-    table.insert(id, Inbound::Local { abort: None, credit, args: args_tx });
-    drop(table);
     if kind.streams_in() {
         // The caller may start its argument stream: one window of credit.
         conn.send_credit(id, conn.limits.stream_window.max(1) as u64);
     }
     let names = (resolved.controller_name, resolved.action.name);
-    let inline = head.arg_values <= conn.limits.max_inline_values;
-    if inline && !conn.kernel.has_call_layers() {
+    if inline_token != 0 {
         return run_inline(conn, resolved.controller, resolved.index, args, responder, deadline);
     }
     let call = run_call(resolved.controller, resolved.index, args, responder, deadline);
@@ -246,11 +256,48 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
     }
 }
 
-/// Runs a call with no policy check and no middleware right here, on the read loop: the
-/// handler's future (boxed by the generated code) is polled once, and only a handler that
-/// waits gets a task, which takes that same future over. Most handlers answer in that first
-/// poll, so most calls cost no task and no second allocation (see [`run_inline_or_spawn`]
-/// for the price and for when calls do not come here).
+impl ConnShared {
+    /// Starts an inline call (see [`run_inline`]): its token, which its responder and
+    /// [`end_inline_poll`] compete to clear.
+    fn begin_inline_call(&self) -> u64 {
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        let token = self.inline_seq.fetch_add(1, Relaxed) + 1;
+        self.inline_call.store(token, Release);
+        token
+    }
+}
+
+/// Ends the inline poll of call `id`: if its responder is still alive (the handler waits,
+/// or a hand-written controller kept the responder), the call enters the table now, so
+/// that Cancel, the close, the shutdown drain and the slot count see it, and its
+/// responder's release removes it later.
+///
+/// The responder clears the token when it releases the slot first (the common case: the
+/// handler answered in its poll) and then has nothing to remove. Clearing it here happens
+/// under the table lock, so a responder releasing on another worker meanwhile waits for the
+/// entry and removes it.
+fn end_inline_poll(conn: &ConnShared, id: u32, token: u64) {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire};
+    if conn.inline_call.load(Acquire) != token {
+        return;
+    }
+    let mut table = conn.inbound.lock();
+    if conn.inline_call.compare_exchange(token, 0, AcqRel, Acquire).is_ok() {
+        table.insert(id, Inbound::Local { abort: None, credit: None, args: None });
+    }
+}
+
+/// Runs a plain unary call with no policy check and no middleware right here, on the read
+/// loop: the handler's future (boxed by the generated code) is polled once, and only a
+/// handler that waits gets a task, which takes that same future over. Most handlers answer
+/// in that first poll, so most calls cost no task, no second allocation and no entry in
+/// the table of running calls (see [`run_inline_or_spawn`] for the price and for when calls
+/// do not come here).
+///
+/// Without an entry during its poll, the call is still safe from what the table guards
+/// against: no other frame of this connection is handled until the poll returns, so no
+/// Cancel and no call reusing its id can arrive meanwhile, and [`end_inline_poll`] gives it
+/// its entry before the read loop goes on if it is still running.
 fn run_inline(
     conn: &Arc<ConnShared>,
     controller: Arc<dyn crate::Controller>,
@@ -260,16 +307,22 @@ fn run_inline(
     deadline: Option<Duration>,
 ) {
     let call = CallNames::of(&responder);
+    let token = responder.inline_token;
     let started = call.start(conn);
     let mut handler = match start_handler(conn, &call, &controller, index, &args, responder) {
         Ok(handler) => handler,
-        Err(kind) => return call.finish(conn, started, Err(kind)),
+        Err(kind) => {
+            end_inline_poll(conn, call.id, token);
+            return call.finish(conn, started, Err(kind));
+        }
     };
     drop(args);
     // The waker is never used: a handler still pending after this poll is polled again by
     // its task, and every future registers the waker of its latest poll.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx))) {
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx)));
+    end_inline_poll(conn, call.id, token);
+    match polled {
         Ok(Poll::Ready(replied)) => call.finish(conn, started, replied.outcome()),
         Ok(Poll::Pending) => {
             let task_conn = conn.clone();

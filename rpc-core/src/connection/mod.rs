@@ -23,7 +23,7 @@ pub(crate) mod slots;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures::task::AtomicWaker;
@@ -130,6 +130,11 @@ pub(crate) struct ConnShared {
     cancels: Mutex<(Instant, u32)>,
     /// Argument bytes held by running calls (`Limits::max_inflight_bytes`).
     pub(crate) inflight_bytes: AtomicUsize,
+    /// The remote's unary call being polled on the read loop right now, by its token (0:
+    /// none). Such a call enters `inbound` only if it must wait (see `inbound::run_inline`).
+    pub(crate) inline_call: AtomicU64,
+    /// The last token handed to an inline call.
+    pub(crate) inline_seq: AtomicU64,
     /// The peer alias this connection registered (on the routing server).
     pub(crate) peer_alias: Mutex<Option<String>>,
     /// Credit windows of the chunked messages this side is sending, by call id.
@@ -191,6 +196,8 @@ impl ConnShared {
             auth_running: AtomicBool::new(false),
             cancels: Mutex::new((Instant::now(), 0)),
             inflight_bytes: AtomicUsize::new(0),
+            inline_call: AtomicU64::new(0),
+            inline_seq: AtomicU64::new(0),
             chunk_senders: Mutex::new(IdMap::default()),
             reassembly: Mutex::new(IdMap::default()),
             authenticated: AtomicBool::new(true),
@@ -595,7 +602,8 @@ impl Connection {
             });
             let until = tokio::time::Instant::now() + deadline;
             while !shared.is_closed()
-                && !shared.inbound.lock().is_empty()
+                && (!shared.inbound.lock().is_empty()
+                    || shared.inline_call.load(Ordering::Acquire) != 0)
                 && tokio::time::Instant::now() < until
             {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;

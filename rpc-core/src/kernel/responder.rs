@@ -62,6 +62,9 @@ pub struct Responder {
     /// Where the arguments the kernel scanned lie (address, length): [`Responder::args`]
     /// given these very bytes skips scanning them again.
     pub(crate) scanned_args: (usize, usize),
+    /// The call's token while it may be polled inline on the read loop without a table
+    /// entry (0: the call has its entry from the start). See `inbound::run_inline`.
+    pub(crate) inline_token: u64,
 }
 
 impl Drop for Responder {
@@ -81,7 +84,15 @@ impl Responder {
     fn release_slot(&mut self) {
         if let Some(bytes) = self.slot.take() {
             let conn = self.conn();
-            conn.inbound.lock().remove(&self.id);
+            // A call answered during its inline poll never entered the table.
+            let never_entered = self.inline_token != 0
+                && conn
+                    .inline_call
+                    .compare_exchange(self.inline_token, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            if !never_entered {
+                conn.inbound.lock().remove(&self.id);
+            }
             conn.release_bytes(bytes);
             conn.kernel.stats_call_ended();
         }
