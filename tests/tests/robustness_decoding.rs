@@ -313,7 +313,7 @@ fn d12_every_message_round_trips() {
         let head = CallHead::decode(&out, 64).unwrap();
         assert_eq!(
             (head.controller, head.action, head.args, head.timeout_ms, head.window),
-            (&controller[..], &action[..], &args[..], timeout, window)
+            (controller.as_bytes(), action.as_bytes(), &args[..], timeout, window)
         );
 
         let kinds = [Kind::Call, Kind::Reply, Kind::Item, Kind::Chunk, Kind::Ping, Kind::GoAway];
@@ -388,4 +388,27 @@ async fn d_ext_marker_in_auth_token_closes_cleanly() {
     let closed = peer.closed_within(Duration::from_secs(1)).await;
     assert_goaway(&closed, GoAwayCode::Unauthenticated);
     assert_baseline(&kernel, Duration::from_secs(1)).await;
+}
+
+/// Names that are not UTF-8 (the kernel looks names up as bytes and never checks them):
+/// `NotFound`, the name shown lossily, the connection kept.
+#[tokio::test(start_paused = true)]
+async fn names_that_are_not_utf8_are_not_found() {
+    let (kernel, _) = server(limits(), true);
+    let mut peer = RawPeer::connect(&kernel).await;
+    let args = codec::encode_value(&("x",)).unwrap();
+    let names: [(u32, &[u8], &[u8]); 2] =
+        [(1, b"rob\xffust", b"echo"), (3, b"robust", b"ec\xc3ho")];
+    for (id, controller, action) in names {
+        let mut body = BytesMut::new();
+        CallHead::encode_start(&mut body, controller, action);
+        body.extend_from_slice(&args);
+        CallHead::encode_tail(&mut body, None, 0);
+        peer.send(&frame_bytes(Kind::Call, id, None, &body)).await;
+        let answer = peer.recv_answer().await.expect("an answer");
+        let error = error_of(&answer);
+        assert_eq!((answer.id, error.kind()), (id, ErrorKind::NotFound), "{error}");
+        assert!(error.message().contains('\u{fffd}'), "{error}");
+    }
+    assert_kept(&mut peer, 5).await;
 }

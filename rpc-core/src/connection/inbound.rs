@@ -169,8 +169,8 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         Err(e) => {
             tracing::debug!(
                 connection = conn.id,
-                controller = head.controller,
-                action = head.action,
+                controller = %String::from_utf8_lossy(head.controller),
+                action = %String::from_utf8_lossy(head.action),
                 "{e}"
             );
             return conn.send_error(id, &e);

@@ -46,7 +46,9 @@ enum Source {
 ///
 /// Only the server inserts (at registration); callers only look up, so a caller choosing
 /// names cannot crowd one bucket, and FNV-1a (a few instructions per byte) replaces SipHash.
-type NameMap<V> = HashMap<&'static str, V, std::hash::BuildHasherDefault<NameHasher>>;
+/// Keys are the names' bytes: a call's names are looked up as they arrived, unchecked as
+/// UTF-8 (a name that matches a registered one is valid UTF-8 by construction).
+type NameMap<V> = HashMap<&'static [u8], V, std::hash::BuildHasherDefault<NameHasher>>;
 
 /// FNV-1a over a name's bytes.
 struct NameHasher(u64);
@@ -154,7 +156,7 @@ impl Default for RpcKernel {
 
 impl std::fmt::Debug for RpcKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.inner.registry.read().keys().copied().collect();
+        let names: Vec<_> = self.inner.registry.read().values().map(|e| e.name).collect();
         f.debug_struct("RpcKernel").field("controllers", &names).finish()
     }
 }
@@ -220,18 +222,18 @@ impl RpcKernel {
     }
 
     fn insert(&self, name: &'static str, actions: &'static [ActionInfo], source: Source) {
-        let index = actions.iter().enumerate().map(|(i, a)| (a.name, i)).collect();
+        let index = actions.iter().enumerate().map(|(i, a)| (a.name.as_bytes(), i)).collect();
         let mut registry = self.inner.registry.write();
         assert!(
-            !registry.contains_key(name),
+            !registry.contains_key(name.as_bytes()),
             "a controller named `{name}` is already registered on this kernel"
         );
-        registry.insert(name, Entry { name, actions, index, source });
+        registry.insert(name.as_bytes(), Entry { name, actions, index, source });
     }
 
     /// Whether a controller of that name is registered.
     pub fn has_controller(&self, name: &str) -> bool {
-        self.inner.registry.read().contains_key(name)
+        self.inner.registry.read().contains_key(name.as_bytes())
     }
 
     /// Sets the security policy (replacing the default: anonymous calls allowed, tokens
@@ -321,19 +323,22 @@ impl RpcKernel {
         }
     }
 
-    /// Finds the controller and action for a call on `conn`.
+    /// Finds the controller and action for a call on `conn`, by the names' bytes as they
+    /// arrived (see [`CallHead`](crate::protocol::message::CallHead)).
     pub(crate) fn resolve(
         &self,
         conn: &Arc<ConnShared>,
-        controller: &str,
-        action: &str,
+        controller: &[u8],
+        action: &[u8],
     ) -> Result<Resolved, RpcError> {
         let registry = self.inner.registry.read();
         let entry = registry.get(controller).ok_or_else(|| {
+            let controller = String::from_utf8_lossy(controller);
             RpcError::not_found(format!("no controller `{controller}` is registered"))
         })?;
         let index = *entry.index.get(action).ok_or_else(|| {
-            RpcError::not_found(format!("no action `{action}` on controller `{controller}`"))
+            let action = String::from_utf8_lossy(action);
+            RpcError::not_found(format!("no action `{action}` on controller `{}`", entry.name))
         })?;
         let instance = match &entry.source {
             Source::Shared(c) => c.clone(),

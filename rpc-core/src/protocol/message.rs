@@ -25,6 +25,30 @@ fn read_str<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a str, DecodeError>
     Ok(s)
 }
 
+/// Reads a string's bytes, not checked as UTF-8 (see [`CallHead`]).
+fn read_str_bytes<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], DecodeError> {
+    let (&marker, tail) = rest.split_first().ok_or_else(|| malformed(what))?;
+    let (len, tail) = match marker {
+        0xa0..=0xbf => ((marker & 0x1f) as usize, tail),
+        0xd9 => tail.split_first().map(|(&n, t)| (n as usize, t)).ok_or_else(|| malformed(what))?,
+        0xda => tail
+            .split_first_chunk::<2>()
+            .map(|(n, t)| (u16::from_be_bytes(*n) as usize, t))
+            .ok_or_else(|| malformed(what))?,
+        0xdb => tail
+            .split_first_chunk::<4>()
+            .map(|(n, t)| (u32::from_be_bytes(*n) as usize, t))
+            .ok_or_else(|| malformed(what))?,
+        _ => return Err(malformed(what)),
+    };
+    if tail.len() < len {
+        return Err(malformed(what));
+    }
+    let (s, tail) = tail.split_at(len);
+    *rest = tail;
+    Ok(s)
+}
+
 fn read_opt_str<'a>(rest: &mut &'a [u8], what: &str) -> Result<Option<&'a str>, DecodeError> {
     if rest.first() == Some(&0xc0) {
         *rest = &rest[1..];
@@ -140,12 +164,17 @@ impl Hello {
 /// The start of a Call body: `[controller, action, args, timeout_ms?, window?]`.
 ///
 /// Borrowed from the frame body: decoding it allocates nothing.
+///
+/// The names are the bytes as they arrived, not checked as UTF-8: the kernel looks them up
+/// among the registered names, which are UTF-8, so a name that matches is valid and an
+/// unknown one is only shown (lossily) in the error. The check would cost more than the
+/// lookup (about 70 instructions per name, per call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallHead<'a> {
     /// Controller name.
-    pub controller: &'a str,
+    pub controller: &'a [u8],
     /// Action name.
-    pub action: &'a str,
+    pub action: &'a [u8],
     /// The argument array, still encoded.
     pub args: &'a [u8],
     /// Values in the arguments (the array, every element, map key and value), counted by the
@@ -162,8 +191,8 @@ impl<'a> CallHead<'a> {
     pub fn decode(body: &'a [u8], max_depth: usize) -> Result<CallHead<'a>, DecodeError> {
         let mut rest = body;
         let n = read_array(&mut rest, 3, "Call")?;
-        let controller = read_str(&mut rest, "Call")?;
-        let action = read_str(&mut rest, "Call")?;
+        let controller = read_str_bytes(&mut rest, "Call")?;
+        let action = read_str_bytes(&mut rest, "Call")?;
         let (len, arg_values) = codec::scan_value(rest, max_depth)?;
         let (args, tail) = rest.split_at(len);
         rest = tail;
@@ -183,10 +212,16 @@ impl<'a> CallHead<'a> {
 
     /// Writes everything but the arguments: the caller appends the argument array, then
     /// [`CallHead::encode_tail`].
-    pub fn encode_start(out: &mut BytesMut, controller: &str, action: &str) {
+    /// The names are `&str` for callers and raw bytes for a head read back with
+    /// [`CallHead::decode`].
+    pub fn encode_start(
+        out: &mut BytesMut,
+        controller: impl AsRef<[u8]>,
+        action: impl AsRef<[u8]>,
+    ) {
         out.put_u8(0x95); // an array of 5
-        codec::put_str(out, controller);
-        codec::put_str(out, action);
+        codec::put_str_bytes(out, controller.as_ref());
+        codec::put_str_bytes(out, action.as_ref());
     }
 
     /// Writes the options that follow the arguments.
@@ -482,11 +517,38 @@ mod tests {
         codec::encode_into(&mut out, &("World",)).unwrap();
         CallHead::encode_tail(&mut out, Some(1500), 64);
         let head = CallHead::decode(&out, 64).unwrap();
-        assert_eq!(head.controller, "users");
-        assert_eq!(head.action, "hello");
+        assert_eq!(head.controller, b"users");
+        assert_eq!(head.action, b"hello");
         assert_eq!(head.args, &b"\x91\xa5World"[..]);
         assert_eq!(head.timeout_ms, Some(1500));
         assert_eq!(head.window, 64);
+    }
+
+    #[test]
+    fn call_head_names_read_back_in_every_string_form() {
+        // fixstr, str8, str16 and str32 (as rmp writes them), and names that are not UTF-8.
+        let lengths = [0usize, 1, 31, 32, 255, 256, 65_535, 65_536];
+        for len in lengths {
+            let name = "n".repeat(len);
+            let mut out = BytesMut::new();
+            CallHead::encode_start(&mut out, &name, b"\xff\xfe");
+            let mut theirs = vec![0x95];
+            rmp::encode::write_str(&mut theirs, &name).unwrap();
+            assert_eq!(&out[..theirs.len()], &theirs[..], "a name of {len} bytes");
+            out.put_u8(0x90);
+            CallHead::encode_tail(&mut out, None, 0);
+            let head = CallHead::decode(&out, 8).unwrap();
+            assert_eq!((head.controller, head.action), (name.as_bytes(), &b"\xff\xfe"[..]));
+            // Cut anywhere inside the names: an error, never a panic or a shorter name.
+            let names_end = out.len() - 3;
+            for cut in 1..names_end.min(40) {
+                assert!(CallHead::decode(&out[..cut], 8).is_err(), "cut at {cut} of {len}");
+            }
+            assert!(CallHead::decode(&out[..names_end - 1], 8).is_err());
+        }
+        // A name that is no string at all.
+        assert!(CallHead::decode(b"\x95\xc4\x01a\xa1b\x90\xc0\x00", 8).is_err());
+        assert!(CallHead::decode(b"\x95\xa1a\x01\x90\xc0\x00", 8).is_err());
     }
 
     #[test]
