@@ -1073,6 +1073,18 @@ transport_tests! {
         h.shutdown().await;
     }
 
+    async fn the_first_call_after_authenticating_may_be_large(h: Harness) {
+        // Frames are held to 16 KiB until the policy accepts the token; the client sends its
+        // first call as soon as the Auth reply is in, while the server's read loop already
+        // waits for its next read: the call must meet the raised limit, not the pre-auth one.
+        let client = h.client();
+        client.set_token("alice-token");
+        let large = "m".repeat(200 << 10);
+        within(LONG, "a large first call", bank(&client).marker(large)).await.unwrap();
+        assert_eq!(bank(&client).whoami().await.unwrap().username, "alice");
+        h.shutdown().await;
+    }
+
     async fn repeated_unauthenticated_calls_close_the_connection(h: Harness) {
         let f = fixture();
         let client = h.client();

@@ -268,7 +268,6 @@ async fn read_loop<R: TransportReader>(
         return;
     }
     loop {
-        decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));
         tokio::select! {
             biased;
             _ = shared.closed_for_reader() => break,
@@ -279,6 +278,10 @@ async fn read_loop<R: TransportReader>(
                     break;
                 }
                 Ok(n) => {
+                    // The limit now, not before the read: authentication may have raised it
+                    // while the read waited (the remote sends its large frames once it has
+                    // the answer to its Auth).
+                    decoder.set_limit(shared.frame_limit.load(Ordering::Acquire));
                     shared.kernel.stats_received(n as u64);
                     last_read = Instant::now();
                     pings_unanswered = 0;
