@@ -22,6 +22,12 @@
 //! `Limits::max_outbound_queue`, unmasked client frames are refused. TLS and the upgrade must
 //! finish within `Limits::handshake_timeout` (default 10 s) on both sides.
 //!
+//! Until a connection authenticates (when the policy refuses anonymous calls), frames are
+//! held to `Limits::max_preauth_frame_size` (16 KiB). [`RpcWebSocketServer`] refuses a
+//! larger message as its header arrives (Close 1009), so an unauthenticated client cannot
+//! make it buffer a message of the full limit first; a WebSocket another server upgraded
+//! ([`serve_upgraded`]) is checked once tungstenite has buffered the message.
+//!
 //! ```no_run
 //! use rpc_core::RpcKernel;
 //! use rpc_ws::{RpcWebSocketClient, RpcWebSocketServer};
@@ -39,6 +45,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod limit;
 mod server;
 mod transport;
 

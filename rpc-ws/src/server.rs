@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
-use crate::transport::{WsTransport, websocket_config};
+use crate::limit::MessageLimit;
+use crate::transport::{WsTransport, max_message_size, websocket_config};
 
 /// Serves a kernel over WebSocket (`ws://`), or over WebSocket on TLS (`wss://`,
 /// [`RpcWebSocketServer::bind_tls`]). Any request path is accepted.
@@ -169,6 +170,9 @@ where
         }
         Ok(response)
     };
+    // Until the connection authenticates, messages are held to the pre-auth frame limit
+    // as they arrive (see `limit`), not only once tungstenite has buffered them.
+    let (stream, limit) = MessageLimit::new(stream, max_message_size(&kernel.limits()));
     let ws = tokio::time::timeout_at(
         deadline,
         tokio_tungstenite::accept_hdr_async_with_config(stream, admit, Some(config)),
@@ -177,7 +181,10 @@ where
     .map_err(|_| timed_out("WebSocket upgrade", timeout))?
     .map_err(|e| RpcError::disconnected(format!("WebSocket upgrade failed: {e}")))?;
     match counted {
-        Some(counted) => kernel.accept_counted(WsTransport::new(ws, info), counted).await,
+        Some(counted) => {
+            let transport = WsTransport::new(ws, info).with_message_limit(limit);
+            kernel.accept_counted(transport, counted).await
+        }
         None => Err(RpcError::busy("server full")),
     }
 }

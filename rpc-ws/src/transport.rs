@@ -17,13 +17,15 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::limit::{MessageLimitHandle, MessageTooLarge};
+
 /// Bytes of a frame's length prefix (`PROTOCOL.md`): a frame is `4 + length` bytes.
-const LEN_PREFIX: usize = 4;
+pub(crate) const LEN_PREFIX: usize = 4;
 
 /// Frames are packed into one message while it stays within this many bytes: the smallest
 /// frame limit any peer may have (4 KiB) plus the prefix, so a packed message never exceeds
 /// a receiver's `max_message_size`. A larger frame travels alone.
-const PACK_LIMIT: usize = (4 << 10) + LEN_PREFIX;
+pub(crate) const PACK_LIMIT: usize = (4 << 10) + LEN_PREFIX;
 
 /// The frame limit the kernel enforces for `limits` (`Limits::max_frame_size`, clamped to
 /// 4 KiB ..= 16 MiB as the kernel does), plus the length prefix: the largest binary message a
@@ -99,13 +101,21 @@ type CloseCell = Arc<Mutex<Option<CloseFrame>>>;
 pub struct WsTransport<S> {
     socket: S,
     info: TransportInfo,
+    limit: Option<MessageLimitHandle>,
 }
 
 impl<S> WsTransport<S> {
     /// Wraps an established WebSocket; `info` is what handlers see as
     /// `ctx.connection().transport()` (use kind `"ws"` or `"wss"`).
     pub fn new(socket: S, info: TransportInfo) -> WsTransport<S> {
-        WsTransport { socket, info }
+        WsTransport { socket, info, limit: None }
+    }
+
+    /// Lets the kernel's current frame limit hold the messages the socket reads (the
+    /// socket's byte stream is read through the `crate::limit::MessageLimit` behind `limit`).
+    pub(crate) fn with_message_limit(mut self, limit: MessageLimitHandle) -> WsTransport<S> {
+        self.limit = Some(limit);
+        self
     }
 }
 
@@ -122,6 +132,7 @@ pub struct WsReader<S> {
     stream: SplitStream<S>,
     sink: SharedSink<S>,
     close: CloseCell,
+    limit: Option<MessageLimitHandle>,
 }
 
 /// The write half of a [`WsTransport`].
@@ -146,7 +157,9 @@ where
         let (sink, stream) = self.socket.split();
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let close = CloseCell::default();
-        (WsReader { stream, sink: sink.clone(), close: close.clone() }, WsWriter { sink, close })
+        let reader =
+            WsReader { stream, sink: sink.clone(), close: close.clone(), limit: self.limit };
+        (reader, WsWriter { sink, close })
     }
 }
 
@@ -163,6 +176,9 @@ fn close_for_error<E: std::error::Error + 'static>(error: &E) -> Option<CloseFra
         }
         WsError::Capacity(_) => Some(close_frame(CloseCode::Size, "message too big")),
         WsError::Protocol(_) => Some(close_frame(CloseCode::Protocol, "WebSocket protocol error")),
+        WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<MessageTooLarge>()) => {
+            Some(close_frame(CloseCode::Size, "message too big before authentication"))
+        }
         _ => None,
     }
 }
@@ -196,6 +212,15 @@ where
     /// Each binary message is handed over whole: the connection cuts its frames out of
     /// it without copying.
     const RECEIVES_BUFFERS: bool = true;
+
+    /// tungstenite buffers a whole message before handing it over: on a socket that
+    /// [`RpcWebSocketServer`](crate::RpcWebSocketServer) accepted, a message above the limit
+    /// fails as its header arrives instead (whatever the frame limit allows at that moment).
+    fn follow_frame_limit(&mut self, frame_limit: Arc<std::sync::atomic::AtomicUsize>) {
+        if let Some(limit) = &self.limit {
+            limit.follow(frame_limit);
+        }
+    }
 
     async fn read_bytes(&mut self) -> io::Result<Bytes> {
         // Cancel-safe: `next()` either yields a whole message, which is consumed before the

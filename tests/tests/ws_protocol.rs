@@ -209,3 +209,114 @@ async fn full_server_refuses_the_upgrade_with_503() {
     // The connection already open is kept.
     assert_eq!(first.controller::<EchoClient>().echo("kept".into()).await.unwrap(), "kept");
 }
+
+/// Accepts only the token "ok", and no anonymous calls.
+struct TokenOnly;
+
+impl rpc_core::Security for TokenOnly {
+    async fn authenticate(
+        &self,
+        token: &rpc_core::Token,
+    ) -> Result<rpc_core::Session, rpc_core::RpcError> {
+        match token.as_str() {
+            Some("ok") => Ok(rpc_core::Session::new("user")),
+            _ => Err(rpc_core::RpcError::unauthenticated("authentication failed")),
+        }
+    }
+
+    fn allow_anonymous(&self) -> bool {
+        false
+    }
+}
+
+/// Upgrades a raw TCP connection by hand, so that the test can send partial frames.
+async fn raw_tcp(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /rpc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        assert!(response.len() < 4096, "response too long");
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut byte)).await.unwrap().unwrap();
+        response.push(byte[0]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&response));
+    tcp
+}
+
+/// The header of a client's binary frame (FIN set) of `len` payload bytes, masked with a
+/// zero key (the payload goes as it is).
+fn client_frame_header(len: usize) -> Vec<u8> {
+    let mut out = vec![0x82];
+    match len {
+        0..=125 => out.push(0x80 | len as u8),
+        126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0; 4]);
+    out
+}
+
+/// Reads one frame the server sent (unmasked): its opcode and payload.
+async fn server_frame(tcp: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut head)).await.unwrap().unwrap();
+    let len = match head[1] & 0x7f {
+        126 => tcp.read_u16().await.unwrap() as usize,
+        127 => tcp.read_u64().await.unwrap() as usize,
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut payload)).await.unwrap().unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Before authentication a frame may have at most `Limits::max_preauth_frame_size` bytes.
+/// Over WebSocket a larger message is refused (Close 1009) as its header arrives, not once
+/// tungstenite has buffered the whole message (up to the full frame limit, 1 MiB): here
+/// the client declares 1 MiB, sends 20 KiB of it and waits; the close comes at once, long
+/// before the authentication deadline. After authenticating, large messages pass.
+#[tokio::test]
+async fn a_large_message_before_authentication_is_refused_at_its_header() {
+    let limits = Limits::default().auth_timeout(Duration::from_secs(30));
+    let kernel = RpcKernel::with_limits(limits);
+    kernel.set_security(TokenOnly);
+    let (addr, _stop) = server(kernel).await;
+
+    let mut tcp = raw_tcp(addr).await;
+    let hello = hello().await;
+    let mut message = client_frame_header(hello.len());
+    message.extend_from_slice(&hello);
+    tcp.write_all(&message).await.unwrap();
+    let (opcode, payload) = server_frame(&mut tcp).await;
+    assert_eq!(opcode, 2, "the server's Hello in a binary message");
+    let mut decoder = FrameDecoder::new(1 << 20);
+    decoder.buffer().extend_from_slice(&payload);
+    assert_eq!(decoder.next_frame().unwrap().unwrap().kind, Kind::Hello);
+
+    let started = std::time::Instant::now();
+    let mut partial = client_frame_header(1 << 20);
+    partial.extend(std::iter::repeat_n(0u8, 20 << 10));
+    // The server may close before reading all of it.
+    let _ = tcp.write_all(&partial).await;
+    let (opcode, payload) = server_frame(&mut tcp).await;
+    assert_eq!(opcode, 8, "a Close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1009);
+    assert!(started.elapsed() < Duration::from_secs(5), "closed at once: {:?}", started.elapsed());
+
+    // An authenticated client sends and receives messages up to the full frame limit.
+    let client = RpcWebSocketClient::new(format!("ws://{addr}/rpc"));
+    client.set_token("ok");
+    let big = "x".repeat(200 << 10);
+    assert_eq!(client.controller::<EchoClient>().echo(big.clone()).await.unwrap(), big);
+}

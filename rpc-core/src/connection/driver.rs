@@ -2,7 +2,7 @@
 //! writer (the outbox's batches out). This is the only place that awaits I/O.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -138,8 +138,10 @@ pub(crate) async fn accept_with<T: Transport>(
             "the server is full (Limits::max_connections or max_handshakes)",
         ));
     };
-    let mut decoder = FrameDecoder::new(limits.max_preauth_frame_size.min(limits.frame_limit()));
+    let first_limit = limits.max_preauth_frame_size.min(limits.frame_limit());
+    let mut decoder = FrameDecoder::new(first_limit);
     decoder.set_reservation(limits.read_reservation);
+    reader.follow_frame_limit(Arc::new(AtomicUsize::new(first_limit)));
     let first = read_first_frame(&mut reader, &mut decoder, limits.handshake_timeout).await?;
     let hello = match check_hello(&first) {
         Ok(hello) => hello,
@@ -183,10 +185,11 @@ pub(crate) async fn accept_with<T: Transport>(
 
 fn start_loops<R: TransportReader, W: TransportWriter>(
     shared: &Arc<ConnShared>,
-    reader: R,
+    mut reader: R,
     writer: W,
     decoder: FrameDecoder,
 ) {
+    reader.follow_frame_limit(shared.frame_limit.clone());
     tokio::spawn(write_loop(shared.clone(), writer));
     tokio::spawn(read_loop(shared.clone(), reader, decoder));
 }

@@ -98,8 +98,9 @@ pub(crate) struct ConnShared {
     pub(crate) batch_items: bool,
     pub(crate) inbound: Mutex<IdMap<Inbound>>,
     pub(crate) session: RwLock<Arc<Session>>,
-    /// The frame limit the read loop enforces (raised once authenticated).
-    pub(crate) frame_limit: AtomicUsize,
+    /// The frame limit the read loop enforces (raised once authenticated); shared with the
+    /// transport's reader (`TransportReader::follow_frame_limit`).
+    pub(crate) frame_limit: Arc<AtomicUsize>,
     closed: AtomicBool,
     /// Set by a GoAway(ShuttingDown): no new calls go out on this connection.
     draining: AtomicBool,
@@ -174,7 +175,7 @@ impl ConnShared {
                 limits.frame_limit().min(remote.max_frame.max(4096) as usize),
                 limits.chunk_limit().min((remote.max_frame.max(4096) as usize).saturating_sub(64)),
             ),
-            frame_limit: AtomicUsize::new(limits.frame_limit()),
+            frame_limit: Arc::new(AtomicUsize::new(limits.frame_limit())),
             limits,
             kernel,
             next_id: AtomicU32::new(if role == Role::Dialer { 1 } else { 2 }),

@@ -60,6 +60,36 @@ pub trait TransportReader: Send + 'static {
             Err(io::Error::other("this transport reads into a buffer (TransportReader::read)"))
         }
     }
+
+    /// The connection's frame limit, live: the pre-auth limit until the remote
+    /// authenticates, the full one from the moment it has. The connection checks every
+    /// frame's length itself; a transport that buffers whole messages below the connection
+    /// (WebSocket) keeps `frame_limit` to refuse a larger message as it starts arriving
+    /// instead of buffering it first. Called before the first frame is read and again when
+    /// the connection is set up. The default does nothing.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use rpc_core::transport::TransportReader;
+    ///
+    /// struct Reader { frame_limit: Option<Arc<AtomicUsize>> }
+    ///
+    /// impl TransportReader for Reader {
+    ///     async fn read(&mut self, _buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+    ///         // A message-based transport would refuse a message above this as it starts.
+    ///         let _limit = self.frame_limit.as_ref().map(|l| l.load(Ordering::Acquire));
+    ///         Ok(0)
+    ///     }
+    ///
+    ///     fn follow_frame_limit(&mut self, frame_limit: Arc<AtomicUsize>) {
+    ///         self.frame_limit = Some(frame_limit);
+    ///     }
+    /// }
+    /// ```
+    fn follow_frame_limit(&mut self, frame_limit: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let _ = frame_limit;
+    }
 }
 
 /// The write half of a transport.
