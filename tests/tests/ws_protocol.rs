@@ -171,20 +171,7 @@ async fn kernel_close_sends_goaway_then_1000() {
 #[tokio::test]
 async fn unmasked_client_frame_closes_with_1002() {
     let (addr, _stop) = server(RpcKernel::new()).await;
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /rpc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let mut byte = [0u8; 1];
-    while !response.ends_with(b"\r\n\r\n") {
-        assert!(response.len() < 4096, "response too long");
-        tokio::time::timeout(WAIT, tcp.read_exact(&mut byte)).await.unwrap().unwrap();
-        response.push(byte[0]);
-    }
-    assert!(response.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&response));
+    let mut tcp = raw_tcp(addr).await;
     // A binary frame without the mask bit, as only a server may send.
     tcp.write_all(&[0x82, 0x03, 1, 2, 3]).await.unwrap();
     let mut reply = [0u8; 4];
