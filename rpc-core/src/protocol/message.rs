@@ -20,9 +20,7 @@ fn malformed(what: &str) -> DecodeError {
 }
 
 fn read_str<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a str, DecodeError> {
-    let (s, tail) = rmp::decode::read_str_from_slice(*rest).map_err(|_| malformed(what))?;
-    *rest = tail;
-    Ok(s)
+    std::str::from_utf8(read_str_bytes(rest, what)?).map_err(|_| malformed(what))
 }
 
 /// Reads a string's bytes, not checked as UTF-8 (see [`CallHead`]).
