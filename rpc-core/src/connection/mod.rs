@@ -310,17 +310,9 @@ impl ConnShared {
         // Dropping the entries wakes every waiting call with the close reason; routed calls
         // answer their callers that the peer left. Answers that arrived stay for their
         // callers to take.
-        let mut failed = Vec::new();
-        {
-            let mut table = self.outbound.lock();
-            for (id, call) in std::mem::take(&mut *table) {
-                match call.answered() {
-                    true => drop(table.insert(id, call)),
-                    false => failed.push(call),
-                }
-            }
-        }
-        for call in failed {
+        let failed: Vec<_> =
+            self.outbound.lock().extract_if(|_, call| !call.answered()).collect();
+        for (_, call) in failed {
             call.fail(alias.as_deref());
         }
         let running = std::mem::take(&mut *self.inbound.lock());
