@@ -245,10 +245,10 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         // The caller may start its argument stream: one window of credit.
         conn.send_credit(id, conn.limits.stream_window.max(1) as u64);
     }
-    let names = (resolved.controller_name, resolved.action.name);
     if inline_token != 0 {
         return run_inline(conn, resolved.controller, resolved.index, args, responder, deadline);
     }
+    let names = (resolved.controller_name, resolved.action.name);
     let call = run_call(resolved.controller, resolved.index, args, responder, deadline);
     match inline {
         true => run_inline_or_spawn(conn, id, names, call),
@@ -265,6 +265,14 @@ impl ConnShared {
         self.inline_call.store(token, Release);
         token
     }
+
+    /// The responder's side of [`end_inline_poll`], when it releases its slot: true if its
+    /// call (`token`, 0 for a call with an entry from the start) was still in its inline
+    /// poll, so it never entered the table and has nothing to remove from it.
+    pub(crate) fn finish_inline_call(&self, token: u64) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        token != 0 && self.inline_call.compare_exchange(token, 0, AcqRel, Acquire).is_ok()
+    }
 }
 
 /// Ends the inline poll of call `id`: if its responder is still alive (the handler waits,
@@ -277,12 +285,11 @@ impl ConnShared {
 /// under the table lock, so a responder releasing on another worker meanwhile waits for the
 /// entry and removes it.
 fn end_inline_poll(conn: &ConnShared, id: u32, token: u64) {
-    use std::sync::atomic::Ordering::{AcqRel, Acquire};
-    if conn.inline_call.load(Acquire) != token {
+    if conn.inline_call.load(std::sync::atomic::Ordering::Acquire) != token {
         return;
     }
     let mut table = conn.inbound.lock();
-    if conn.inline_call.compare_exchange(token, 0, AcqRel, Acquire).is_ok() {
+    if conn.finish_inline_call(token) {
         table.insert(id, Inbound::Local { abort: None, credit: None, args: None });
     }
 }

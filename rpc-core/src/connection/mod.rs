@@ -133,9 +133,9 @@ pub(crate) struct ConnShared {
     pub(crate) inflight_bytes: AtomicUsize,
     /// The remote's unary call being polled on the read loop right now, by its token (0:
     /// none). Such a call enters `inbound` only if it must wait (see `inbound::run_inline`).
-    pub(crate) inline_call: AtomicU64,
+    inline_call: AtomicU64,
     /// The last token handed to an inline call.
-    pub(crate) inline_seq: AtomicU64,
+    inline_seq: AtomicU64,
     /// The peer alias this connection registered (on the routing server).
     pub(crate) peer_alias: Mutex<Option<String>>,
     /// Credit windows of the chunked messages this side is sending, by call id.
@@ -310,8 +310,7 @@ impl ConnShared {
         // Dropping the entries wakes every waiting call with the close reason; routed calls
         // answer their callers that the peer left. Answers that arrived stay for their
         // callers to take.
-        let failed: Vec<_> =
-            self.outbound.lock().extract_if(|_, call| !call.answered()).collect();
+        let failed: Vec<_> = self.outbound.lock().extract_if(|_, call| !call.answered()).collect();
         for (_, call) in failed {
             call.fail(alias.as_deref());
         }

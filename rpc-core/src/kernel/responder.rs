@@ -85,12 +85,7 @@ impl Responder {
         if let Some(bytes) = self.slot.take() {
             let conn = self.conn();
             // A call answered during its inline poll never entered the table.
-            let never_entered = self.inline_token != 0
-                && conn
-                    .inline_call
-                    .compare_exchange(self.inline_token, 0, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-            if !never_entered {
+            if !conn.finish_inline_call(self.inline_token) {
                 conn.inbound.lock().remove(&self.id);
             }
             conn.release_bytes(bytes);
