@@ -16,13 +16,15 @@
 //! the limit rises the moment the connection authenticates, even while a read is waiting.
 //! Once it reaches tungstenite's own, the wrapper stops looking for good.
 
-use std::io;
+use std::io::{self, Cursor};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
 
 /// A byte stream whose incoming WebSocket messages are held to the connection's frame
 /// limit (see the module docs). Looks at nothing until the kernel hands over its limit
@@ -164,7 +166,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MessageLimit<S> {
 }
 
 /// Follows WebSocket frames (RFC 6455 §5.2) through a byte stream, however it is cut into
-/// reads, and adds up the payloads of each message's data frames.
+/// reads, and adds up the payloads of each message's data frames. Headers are read by
+/// tungstenite's own [`FrameHeader::parse`].
 #[derive(Debug, Default)]
 struct FrameScan {
     /// The header being read (at most 2 + 8 length + 4 mask bytes).
@@ -176,86 +179,75 @@ struct FrameScan {
     /// Payload bytes of the current message so far (its data frames; control frames, which
     /// may come between fragments, do not count).
     message: u64,
+    /// A header tungstenite refuses (a reserved opcode) was seen: tungstenite closes the
+    /// connection when it reads it, and the frames after it cannot be followed.
+    lost: bool,
 }
 
 impl FrameScan {
     /// Follows `bytes`; `Err(size)` once a message reaches `size` bytes, above `limit`.
     fn scan(&mut self, mut bytes: &[u8], limit: u64) -> Result<(), u64> {
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && !self.lost {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len() as u64) as usize;
                 self.payload_left -= n as u64;
                 bytes = &bytes[n..];
                 continue;
             }
-            let take = (self.header_len() - self.have).min(bytes.len());
+            // As many bytes as a header can have; those past the header are payload.
+            let take = (self.header.len() - self.have).min(bytes.len());
             self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
-            self.have += take;
-            bytes = &bytes[take..];
-            if self.have < self.header_len() {
-                continue;
-            }
-            let (first, second) = (self.header[0], self.header[1]);
-            let len = match second & 0x7f {
-                126 => u16::from_be_bytes([self.header[2], self.header[3]]) as u64,
-                127 => {
-                    let mut len = [0u8; 8];
-                    len.copy_from_slice(&self.header[2..10]);
-                    u64::from_be_bytes(len)
+            let mut cursor = Cursor::new(&self.header[..self.have + take]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => {
+                    self.have += take;
+                    bytes = &bytes[take..];
+                    continue;
                 }
-                n => n as u64,
+                Err(_) => {
+                    self.lost = true;
+                    break;
+                }
             };
+            bytes = &bytes[cursor.position() as usize - self.have..];
             self.have = 0;
             self.payload_left = len;
-            let control = first & 0x08 != 0;
-            if !control {
+            if let OpCode::Data(_) = header.opcode {
                 self.message = self.message.saturating_add(len);
                 if self.message > limit {
                     return Err(self.message);
                 }
-                if first & 0x80 != 0 {
-                    // FIN: the message is complete.
+                if header.is_final {
                     self.message = 0;
                 }
             }
         }
         Ok(())
     }
-
-    /// The length of the header being read, as far as its first two bytes tell.
-    fn header_len(&self) -> usize {
-        if self.have < 2 {
-            return 2;
-        }
-        let extended = match self.header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
-        2 + extended + mask
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data};
+
     use super::*;
 
-    /// A frame as a client sends it (masked with a zero key: payload unchanged).
-    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
-        let mut out = vec![(fin as u8) << 7 | opcode];
-        match len {
-            0..=125 => out.push(0x80 | len as u8),
-            126..=0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&[0; 4]);
+    const BINARY: OpCode = OpCode::Data(Data::Binary);
+    const CONTINUE: OpCode = OpCode::Data(Data::Continue);
+
+    /// A frame header as a client sends it, masked with a zero key (the payload goes as it
+    /// is), written by tungstenite.
+    fn header(is_final: bool, opcode: OpCode, len: u64) -> Vec<u8> {
+        let header = FrameHeader { is_final, opcode, mask: Some([0; 4]), ..Default::default() };
+        let mut out = Vec::new();
+        header.format(len, &mut out).expect("a header formats into a Vec");
+        out
+    }
+
+    /// A whole frame with `len` bytes of payload.
+    fn frame(is_final: bool, opcode: OpCode, len: usize) -> Vec<u8> {
+        let mut out = header(is_final, opcode, len as u64);
         out.extend(std::iter::repeat_n(0xab, len));
         out
     }
@@ -271,12 +263,12 @@ mod tests {
         // Every length form; a fragmented message with a ping between its fragments.
         let mut stream = Vec::new();
         for len in [0, 1, 125, 126, 1000, 0xffff, 0x1_0000] {
-            stream.extend(frame(true, 2, len));
+            stream.extend(frame(true, BINARY, len));
         }
-        stream.extend(frame(false, 2, 30_000));
-        stream.extend(frame(true, 9, 125));
-        stream.extend(frame(false, 0, 30_000));
-        stream.extend(frame(true, 0, 5_000));
+        stream.extend(frame(false, BINARY, 30_000));
+        stream.extend(frame(true, OpCode::Control(Control::Ping), 125));
+        stream.extend(frame(false, CONTINUE, 30_000));
+        stream.extend(frame(true, CONTINUE, 5_000));
         for piece in [1, 2, 3, 7, 14, 1000, stream.len()] {
             assert_eq!(scan_in_pieces(&stream, piece, 0x1_0000), Ok(()), "pieces of {piece}");
         }
@@ -286,24 +278,27 @@ mod tests {
     fn a_message_above_the_limit_fails_at_its_header() {
         for piece in [1, 5, 64] {
             // One frame declaring more than the limit: refused before its payload.
-            let big = frame(true, 2, 20_000);
-            let header_only = &big[..8];
-            assert_eq!(scan_in_pieces(header_only, piece, 16_388), Err(20_000));
+            let header_only = header(true, BINARY, 20_000);
+            assert_eq!(scan_in_pieces(&header_only, piece, 16_388), Err(20_000));
             // Fragments that add up to more than the limit, one byte over.
-            let mut stream = frame(false, 2, 10_000);
-            stream.extend(frame(true, 10, 3)); // a pong between fragments does not count
-            stream.extend(frame(true, 0, 6_389));
+            let mut stream = frame(false, BINARY, 10_000);
+            // A pong between fragments does not count.
+            stream.extend(frame(true, OpCode::Control(Control::Pong), 3));
+            stream.extend(frame(true, CONTINUE, 6_389));
             assert_eq!(scan_in_pieces(&stream, piece, 16_388), Err(16_389));
             // A 64-bit length no limit allows.
-            let mut huge = vec![0x82, 0x80 | 127];
-            huge.extend_from_slice(&u64::MAX.to_be_bytes());
-            huge.extend_from_slice(&[0; 4]);
+            let huge = header(true, BINARY, u64::MAX);
             assert_eq!(scan_in_pieces(&huge, piece, 16_388), Err(u64::MAX));
         }
         // The count restarts with each message.
-        let mut stream = frame(true, 2, 16_000);
-        stream.extend(frame(true, 2, 16_000));
+        let mut stream = frame(true, BINARY, 16_000);
+        stream.extend(frame(true, BINARY, 16_000));
         assert_eq!(scan_in_pieces(&stream, 100, 16_388), Ok(()));
+        // A reserved opcode, which tungstenite refuses when it reads it: nothing after it
+        // can be followed, and nothing is refused here.
+        let mut stream = vec![0x83, 0x80, 0, 0, 0, 0];
+        stream.extend(header(true, BINARY, 20_000));
+        assert_eq!(scan_in_pieces(&stream, 3, 16_388), Ok(()));
     }
 
     #[test]

@@ -236,21 +236,17 @@ async fn raw_tcp(addr: SocketAddr) -> tokio::net::TcpStream {
 }
 
 /// The header of a client's binary frame (FIN set) of `len` payload bytes, masked with a
-/// zero key (the payload goes as it is).
+/// zero key (the payload goes as it is), written by tungstenite.
 fn client_frame_header(len: usize) -> Vec<u8> {
-    let mut out = vec![0x82];
-    match len {
-        0..=125 => out.push(0x80 | len as u8),
-        126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&[0; 4]);
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Binary),
+        mask: Some([0; 4]),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    header.format(len as u64, &mut out).unwrap();
     out
 }
 
