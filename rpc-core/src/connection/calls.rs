@@ -776,18 +776,10 @@ fn forward_items_one_by_one(to: &Arc<ConnShared>, id: u32, body: &[u8]) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use futures::task::{ArcWake, waker};
+    use futures::task::waker;
 
+    use super::super::tests::{Counter, connection};
     use super::*;
-
-    /// Counts its wake-ups.
-    struct Counter(AtomicUsize);
-
-    impl ArcWake for Counter {
-        fn wake_by_ref(me: &Arc<Self>) {
-            me.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     fn reply(id: u32, byte: u8) -> Frame {
         Frame::new(Kind::Reply, id, bytes::Bytes::from(vec![byte]))
@@ -811,26 +803,6 @@ mod tests {
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "taken: dropping wakes nobody");
     }
 
-    fn connection() -> Arc<ConnShared> {
-        let hello = message::Hello {
-            min_version: 1,
-            max_version: 1,
-            connection_id: 1,
-            max_calls: 8,
-            max_streams: 8,
-            max_frame: 1 << 20,
-            features: 0,
-        };
-        let info = crate::transport::TransportInfo {
-            remote_addr: None,
-            kind: "memory",
-            peer_identity: None,
-        };
-        let kernel = crate::RpcKernel::new();
-        let limits = kernel.limits();
-        ConnShared::new(1, super::super::Role::Dialer, info, kernel, limits, &hello)
-    }
-
     #[test]
     fn an_answer_that_arrived_outlives_the_connection_and_a_missing_one_does_not_hang() {
         use futures::FutureExt;
@@ -846,21 +818,6 @@ mod tests {
         assert_eq!(&answer.expect("the answer that arrived").body[..], &[7]);
         assert_eq!(waiting.now_or_never(), Some(None), "call 3 hears the close");
         assert_eq!(conn.outbound.lock().len(), 0, "nothing left behind");
-    }
-
-    #[test]
-    fn the_read_loop_hears_the_close() {
-        let conn = connection();
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
-        let waker = waker(counter.clone());
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut closed = Box::pin(conn.closed_for_reader());
-        assert!(closed.as_mut().poll(&mut cx).is_pending());
-        conn.close(RpcError::disconnected("test"), None);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the close wakes the read loop");
-        assert!(closed.as_mut().poll(&mut cx).is_ready());
-        // A read loop that starts polling after the close sees it at once.
-        assert!(Box::pin(conn.closed_for_reader()).as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]

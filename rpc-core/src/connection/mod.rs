@@ -626,3 +626,57 @@ impl std::fmt::Debug for Connection {
             .finish()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::task::{ArcWake, waker};
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    pub(crate) struct Counter(pub(crate) AtomicUsize);
+
+    impl ArcWake for Counter {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A connection with no transport, for tests of its tables and signals.
+    pub(crate) fn connection() -> Arc<ConnShared> {
+        let hello = message::Hello {
+            min_version: 1,
+            max_version: 1,
+            connection_id: 1,
+            max_calls: 8,
+            max_streams: 8,
+            max_frame: 1 << 20,
+            features: 0,
+        };
+        let info = crate::transport::TransportInfo {
+            remote_addr: None,
+            kind: "memory",
+            peer_identity: None,
+        };
+        let kernel = crate::RpcKernel::new();
+        let limits = kernel.limits();
+        ConnShared::new(1, Role::Dialer, info, kernel, limits, &hello)
+    }
+
+    #[test]
+    fn the_read_loop_hears_the_close() {
+        let conn = connection();
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = waker(counter.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut closed = Box::pin(conn.closed_for_reader());
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+        conn.close(RpcError::disconnected("test"), None);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the close wakes the read loop");
+        assert!(closed.as_mut().poll(&mut cx).is_ready());
+        // A read loop that starts polling after the close sees it at once.
+        assert!(Box::pin(conn.closed_for_reader()).as_mut().poll(&mut cx).is_ready());
+    }
+}
