@@ -36,6 +36,25 @@ pub trait Suite {
     async fn drop_me(&self, ctx: &Context);
     /// Calls the client's `back` controller.
     async fn ask_back(&self, ctx: &Context, x: u32) -> u32;
+    /// Closes the caller's connection, then waits forever; when the handler is dropped,
+    /// `tag` joins [`DROPPED`].
+    async fn close_then_wait(&self, ctx: &Context, tag: u64);
+}
+
+/// Tags of the `close_then_wait` handlers dropped so far (tests run in parallel, each with
+/// its own tag).
+static DROPPED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// The next test's tag.
+static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Adds its tag to [`DROPPED`] when dropped.
+struct DropTag(u64);
+
+impl Drop for DropTag {
+    fn drop(&mut self) {
+        DROPPED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(self.0);
+    }
 }
 
 #[controller("suite_back")]
@@ -81,6 +100,12 @@ impl Suite for SuiteImpl {
 
     async fn ask_back(&self, ctx: &Context, x: u32) -> u32 {
         ctx.connection().controller::<BackClient>().double(x).await.unwrap_or(0)
+    }
+
+    async fn close_then_wait(&self, ctx: &Context, tag: u64) {
+        let _tag = DropTag(tag);
+        ctx.connection().close();
+        std::future::pending::<()>().await;
     }
 }
 
@@ -166,6 +191,21 @@ transport_tests! {
         client.register_controller(BackServer::new(Doubler));
         assert_eq!(client.controller::<SuiteClient>().ask_back(21).await.unwrap(), 42);
         h.shutdown().await;
+    }
+
+    // A handler that closes its own connection and then waits is still dropped with the
+    // connection, though the close came while the read loop was still polling it for the
+    // first time (before the call had a task for the close to stop).
+    async fn a_handler_that_closes_its_connection_then_waits_is_dropped(h: Harness) {
+        let client = h.client();
+        let tag = NEXT_TAG.fetch_add(1, Ordering::SeqCst);
+        let err = client.controller::<SuiteClient>().close_then_wait(tag).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+        let dropped = || DROPPED.lock().unwrap().contains(&tag);
+        assert!(
+            eventually(Duration::from_secs(2), dropped).await,
+            "the handler still runs 2 s after its connection closed"
+        );
     }
 
     async fn disconnect_ends_calls_and_streams_and_reconnect_restores_nothing_implicitly(h: Harness) {

@@ -395,8 +395,18 @@ impl CallNames {
 /// Runs call `id` in a task of its own, abortable through its table entry.
 fn spawn_call(conn: &Arc<ConnShared>, id: u32, call: impl Future<Output = ()> + Send + 'static) {
     let task = tokio::spawn(call);
+    let mut table = conn.inbound.lock();
+    // A close since the call's entry was made found no task to abort (or, for a call polled
+    // inline, came before the entry did: a handler can close its own connection). The
+    // close marks the connection before it empties the table, so under the table's lock
+    // one of the two always sees the other.
+    if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
+        table.remove(&id);
+        task.abort();
+        return;
+    }
     // The call may already have finished (on another worker) and left the table.
-    if let Some(Inbound::Local { abort, .. }) = conn.inbound.lock().get_mut(&id) {
+    if let Some(Inbound::Local { abort, .. }) = table.get_mut(&id) {
         *abort = Some(task.abort_handle());
     }
 }
