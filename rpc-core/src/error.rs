@@ -205,7 +205,7 @@ impl RpcError {
     /// assert_eq!(e.downcast::<OutOfStock>(), Some(OutOfStock { item: "tea".into() }));
     /// ```
     pub fn remote<E: Entity + serde::Serialize>(error: &E, message: impl Into<String>) -> RpcError {
-        match rmp_serde::to_vec_named(error) {
+        match crate::protocol::codec::encode_value(error) {
             Ok(payload) => RpcError(Box::new(ErrorParts {
                 kind: ErrorKind::Remote,
                 message: message.into(),

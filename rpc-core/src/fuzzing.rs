@@ -711,7 +711,16 @@ where
     T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
 {
     if let Ok(value) = codec::decode_value::<T>(body) {
+        // The crate's MessagePack codec must read and write what `rmp_serde` does. (The
+        // same value, encoded: two equal `HashMap`s may iterate in different orders.)
+        let theirs: T = rmp_serde::from_slice(body).expect("rmp_serde reads what ours read");
         let again = codec::encode_value(&value).expect("a decoded value re-encodes");
+        let their_bytes = rmp_serde::to_vec_named(&value).expect("rmp_serde encodes it");
+        assert_eq!(again, their_bytes, "ours and rmp_serde write it differently");
+        if theirs != value {
+            // NaN floats are not equal to themselves: compare encodings then.
+            assert_eq!(codec::encode_value(&theirs).unwrap(), again, "read differently");
+        }
         let back = codec::decode_value::<T>(&again).expect("a re-encoded value decodes");
         // NaN floats are not equal to themselves: compare encodings then.
         if back != value {

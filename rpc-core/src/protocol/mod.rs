@@ -9,5 +9,6 @@ pub mod chunk;
 pub mod codec;
 pub mod frame;
 pub mod message;
+pub(crate) mod msgpack;
 
 pub use frame::{Frame, FrameDecoder, FrameError, Kind};
