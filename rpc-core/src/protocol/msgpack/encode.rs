@@ -508,50 +508,32 @@ impl<O: Output> ser::SerializeSeq for Compound<'_, '_, O> {
     }
 }
 
-impl<O: Output> ser::SerializeTuple for Compound<'_, '_, O> {
-    type Ok = ();
-    type Error = Error;
+/// The compounds whose elements follow their header one by one, with nothing to count
+/// (their length is always known up front): tuples, tuple structs, tuple variants.
+macro_rules! positional_compound {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl<O: Output> ser::$trait for Compound<'_, '_, O> {
+            type Ok = ();
+            type Error = Error;
 
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut *self.enc)
-    }
+            #[inline]
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                value.serialize(&mut *self.enc)
+            }
 
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+            #[inline]
+            fn end(self) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl<O: Output> ser::SerializeTupleStruct for Compound<'_, '_, O> {
-    type Ok = ();
-    type Error = Error;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut *self.enc)
-    }
-
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<O: Output> ser::SerializeTupleVariant for Compound<'_, '_, O> {
-    type Ok = ();
-    type Error = Error;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut *self.enc)
-    }
-
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
+positional_compound!(
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl<O: Output> ser::SerializeMap for Compound<'_, '_, O> {
     type Ok = ();
@@ -574,42 +556,29 @@ impl<O: Output> ser::SerializeMap for Compound<'_, '_, O> {
     }
 }
 
-impl<O: Output> ser::SerializeStruct for Compound<'_, '_, O> {
-    type Ok = ();
-    type Error = Error;
+/// Structs and struct variants: a map keyed by field name, its length known up front.
+macro_rules! struct_compound {
+    ($($trait:ident),*) => {$(
+        impl<O: Output> ser::$trait for Compound<'_, '_, O> {
+            type Ok = ();
+            type Error = Error;
 
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.enc.str(key)?;
-        value.serialize(&mut *self.enc)
-    }
+            #[inline]
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                self.enc.str(key)?;
+                value.serialize(&mut *self.enc)
+            }
 
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+            #[inline]
+            fn end(self) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl<O: Output> ser::SerializeStructVariant for Compound<'_, '_, O> {
-    type Ok = ();
-    type Error = Error;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.enc.str(key)?;
-        value.serialize(&mut *self.enc)
-    }
-
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
+struct_compound!(SerializeStruct, SerializeStructVariant);
