@@ -8,6 +8,8 @@
 //! crate runs it after [`prescan`](crate::protocol::codec::prescan), which has already
 //! refused bodies that are malformed, too deep or declare lengths beyond their bytes.
 
+use std::cell::Cell;
+
 use serde::de::{self, DeserializeSeed, Unexpected, Visitor};
 
 use super::{EXT_STRUCT_NAME, Error};
@@ -21,22 +23,40 @@ pub(crate) struct Decoder<'de> {
     depth_left: usize,
     /// The limit, for the error that reports it.
     max_depth: usize,
+    /// Elements all containers together may still announce to serde for pre-allocation
+    /// (see [`Decoder::promise`]).
+    promised_left: Cell<usize>,
 }
 
 impl<'de> Decoder<'de> {
     pub(crate) fn new(data: &'de [u8], max_depth: usize) -> Decoder<'de> {
-        Decoder { data, pos: 0, depth_left: max_depth, max_depth }
+        Decoder {
+            data,
+            pos: 0,
+            depth_left: max_depth,
+            max_depth,
+            promised_left: Cell::new(data.len()),
+        }
+    }
+
+    /// The size hint for a container that declares `declared` elements of at least
+    /// `bytes_each` bytes: what serde pre-allocates for.
+    ///
+    /// A declared length is only a claim. Every element takes at least one byte, so the
+    /// hints of all containers of one value together never exceed its length in elements:
+    /// however a hostile body nests its claims, serde reserves no more elements than the
+    /// bytes present could hold, as the pre-scan guaranteed before this decoder existed.
+    #[inline]
+    fn promise(&self, declared: usize, bytes_each: usize) -> usize {
+        let left = self.promised_left.get();
+        let hint = declared.min(left / bytes_each);
+        self.promised_left.set(left - hint * bytes_each);
+        hint
     }
 
     /// Bytes read so far.
     pub(crate) fn position(&self) -> usize {
         self.pos
-    }
-
-    /// Bytes not read yet.
-    #[inline]
-    fn bytes_left(&self) -> usize {
-        self.data.len().saturating_sub(self.pos)
     }
 
     #[inline]
@@ -447,11 +467,10 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
         seed.deserialize(&mut *self.de).map(Some)
     }
 
-    /// What serde pre-allocates for: at most the elements the bytes left can hold (one byte
-    /// each at least), whatever the array declared.
+    /// What serde pre-allocates for: see [`Decoder::promise`].
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.de.bytes_left()))
+        Some(self.de.promise(self.left, 1))
     }
 }
 
@@ -481,10 +500,10 @@ impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
         seed.deserialize(&mut *self.de)
     }
 
-    /// As for arrays: at most the entries the bytes left can hold (two bytes each at least).
+    /// As for arrays, with two bytes at least to an entry.
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.de.bytes_left() / 2))
+        Some(self.de.promise(self.left, 2))
     }
 }
 

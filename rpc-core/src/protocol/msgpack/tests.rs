@@ -1477,3 +1477,58 @@ fn non_utf8_strings() {
     }
     eprintln!("non_utf8_strings: {cases} strings");
 }
+
+/// A sequence of itself that records the size hint serde is given at every level.
+struct Claims;
+
+thread_local! {
+    static HINTS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Claims, D::Error> {
+        struct ClaimsVisitor;
+        impl<'de> Visitor<'de> for ClaimsVisitor {
+            type Value = Claims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("nested arrays")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Claims, A::Error> {
+                HINTS.with(|h| h.borrow_mut().push(seq.size_hint().unwrap_or(0)));
+                while seq.next_element::<Claims>()?.is_some() {}
+                Ok(Claims)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+                HINTS.with(|h| h.borrow_mut().push(map.size_hint().unwrap_or(0)));
+                while map.next_entry::<Claims, Claims>()?.is_some() {}
+                Ok(Claims)
+            }
+        }
+        deserializer.deserialize_any(ClaimsVisitor)
+    }
+}
+
+/// What serde may pre-allocate is bounded by the bytes present, however a body nests its
+/// claims: every level of arrays (or maps) declaring 4 billion elements, with 100 bytes
+/// after them, gets size hints that add up to no more than the body's length.
+#[test]
+fn nested_claims_reserve_no_more_than_the_bytes() {
+    for (header, what) in
+        [([0xdd, 0xff, 0xff, 0xff, 0xff], "arrays"), ([0xdf, 0xff, 0xff, 0xff, 0xff], "maps")]
+    {
+        let mut body: Vec<u8> = header.iter().copied().cycle().take(5 * 50).collect();
+        body.extend([0x90; 100]);
+        HINTS.with(|h| h.borrow_mut().clear());
+        assert!(decode::<Claims>(&body, DEPTH).is_err(), "the claims are not backed");
+        let hints = HINTS.with(|h| h.borrow().clone());
+        // The 50 levels, then the empty arrays read inside the innermost.
+        assert_eq!(hints.len(), 150, "{what}: every level was opened");
+        let total: usize = hints.iter().sum();
+        assert!(total <= body.len(), "{what}: hints {hints:?} add up to {total} > {}", body.len());
+    }
+    // A value whose claims are backed keeps its hints whole.
+    let honest = [0x93, 0x92, 0x90, 0x90, 0x91, 0x90, 0x90];
+    HINTS.with(|h| h.borrow_mut().clear());
+    assert!(decode::<Claims>(&honest, DEPTH).is_ok());
+    assert_eq!(HINTS.with(|h| h.borrow().clone()), [3, 2, 0, 0, 1, 0, 0]);
+}
