@@ -1,5 +1,6 @@
 //! The wire protocol, with no I/O: frames ([`frame`]), message bodies ([`message`]) and the
-//! MessagePack rules every body obeys ([`codec`]).
+//! MessagePack rules every body obeys ([`codec`]), which encodes and decodes application
+//! values with the crate's own serde MessagePack codec (the private `msgpack` module).
 //!
 //! `PROTOCOL.md` at the repository root is the specification; this module is its one
 //! implementation. Nothing here touches a socket or a clock, so every rule is unit-tested
