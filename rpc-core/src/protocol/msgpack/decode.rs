@@ -429,9 +429,20 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_unit()
     }
 
+    /// Field and variant names, nearly always short strings: read without the general
+    /// dispatch on the marker.
+    #[inline]
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        if let Some(&marker @ 0xa0..=0xbf) = self.data.get(self.pos) {
+            self.pos += 1;
+            return self.str((marker & 0x1f) as usize, visitor);
+        }
+        self.any(visitor, true)
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string
-        bytes byte_buf unit map identifier
+        bytes byte_buf unit map
     }
 }
 
