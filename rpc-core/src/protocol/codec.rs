@@ -8,7 +8,7 @@
 //! ([`scan_value`], [`prescan`]) before anyone decodes them: it finds where each ends in
 //! its frame and counts its values, which decides whether a call is run inline.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -320,42 +320,9 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
 /// As [`put_str`], for a string's bytes (a call head's names as they were read).
 #[inline]
 pub(crate) fn put_str_bytes(out: &mut BytesMut, s: &[u8]) {
-    let len = s.len();
-    out.reserve(5 + len);
-    if len < 32 {
-        out.put_u8(0xa0 | len as u8);
-    } else if len < 1 << 8 {
-        out.put_u8(0xd9);
-        out.put_u8(len as u8);
-    } else if len < 1 << 16 {
-        out.put_u8(0xda);
-        out.put_u16(len as u16);
-    } else {
-        // Frames are at most 16 MiB, so a longer string never reaches the wire whole.
-        out.put_u8(0xdb);
-        out.put_u32(len.min(u32::MAX as usize) as u32);
-    }
-    out.extend_from_slice(s);
-}
-
-/// Writes an unsigned integer in its shortest form, as `rmp::encode::write_uint` does.
-#[inline]
-pub(crate) fn put_uint(out: &mut BytesMut, v: u64) {
-    if v < 0x80 {
-        out.put_u8(v as u8);
-    } else if v <= u8::MAX as u64 {
-        out.put_u8(0xcc);
-        out.put_u8(v as u8);
-    } else if v <= u16::MAX as u64 {
-        out.put_u8(0xcd);
-        out.put_u16(v as u16);
-    } else if v <= u32::MAX as u64 {
-        out.put_u8(0xce);
-        out.put_u32(v as u32);
-    } else {
-        out.put_u8(0xcf);
-        out.put_u64(v);
-    }
+    // Only a string of 4 GiB or more fails, and no frame (16 MiB at most) holds one.
+    let written = super::msgpack::write_str(out, s);
+    debug_assert!(written.is_ok(), "a protocol string of {} bytes", s.len());
 }
 
 /// `io::Write` into a `BytesMut`, inlined into the encoder.
@@ -646,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn put_str_and_put_uint_write_what_rmp_writes() {
+    fn put_str_and_write_uint_write_what_rmp_writes() {
         for len in [0usize, 1, 5, 31, 32, 255, 256, 65_535, 65_536] {
             let s = "x".repeat(len);
             let mut ours = BytesMut::new();
@@ -658,7 +625,7 @@ mod tests {
         let edges = [0u64, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x1_0000, 0xffff_ffff];
         for v in edges.into_iter().chain([1 << 32, u64::MAX]) {
             let mut ours = BytesMut::new();
-            put_uint(&mut ours, v);
+            crate::protocol::msgpack::write_uint(&mut ours, v);
             let mut theirs = Vec::new();
             rmp::encode::write_uint(&mut theirs, v).unwrap();
             assert_eq!(&ours[..], &theirs[..], "{v}");

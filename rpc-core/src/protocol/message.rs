@@ -9,6 +9,7 @@ use rmp::encode as enc;
 
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec::{self, DecodeError};
+use crate::protocol::msgpack;
 
 /// The protocol version this implementation speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -237,10 +238,10 @@ impl<'a> CallHead<'a> {
     /// Writes the options that follow the arguments.
     pub fn encode_tail(out: &mut BytesMut, timeout_ms: Option<u64>, window: u32) {
         match timeout_ms {
-            Some(ms) => codec::put_uint(out, ms),
+            Some(ms) => msgpack::write_uint(out, ms),
             None => out.put_u8(0xc0),
         }
-        codec::put_uint(out, window as u64);
+        msgpack::write_uint(out, window as u64);
     }
 }
 
@@ -464,7 +465,7 @@ pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
 
 /// Writes a body holding one unsigned integer.
 pub fn encode_uint(out: &mut BytesMut, v: u64) {
-    codec::put_uint(out, v);
+    msgpack::write_uint(out, v);
 }
 
 /// The source a server stamps on a routed call: `[connection_id, alias?, username?]`.

@@ -61,6 +61,47 @@ impl Output for bytes::BytesMut {
     }
 }
 
+/// Writes an unsigned integer in its shortest form, as `rmp::encode::write_uint` does:
+/// for the serializer and for the protocol's own fields (a call head's timeout, say).
+#[inline]
+pub(crate) fn write_uint<O: Output>(out: &mut O, v: u64) {
+    if v < 0x80 {
+        out.put(&[v as u8]);
+    } else if v <= u8::MAX as u64 {
+        out.put(&[0xcc, v as u8]);
+    } else if v <= u16::MAX as u64 {
+        let [a, b] = (v as u16).to_be_bytes();
+        out.put(&[0xcd, a, b]);
+    } else if v <= u32::MAX as u64 {
+        let [a, b, c, d] = (v as u32).to_be_bytes();
+        out.put(&[0xce, a, b, c, d]);
+    } else {
+        out.put(&[0xcf]);
+        out.put(&v.to_be_bytes());
+    }
+}
+
+/// Writes a string (its bytes, not checked here) in its shortest form, as
+/// `rmp::encode::write_str` does: for the serializer and for the protocol's own fields (a
+/// call head's names). Most are short, so the one-byte header is written inline.
+#[inline]
+pub(crate) fn write_str<O: Output>(out: &mut O, s: &[u8]) -> Result<(), Error> {
+    match s.len() {
+        len @ 0..32 => out.put(&[0xa0 | len as u8]),
+        len => write_header(out, Header::STR, len)?,
+    }
+    out.put(s);
+    Ok(())
+}
+
+/// Writes the header of a string, binary, array or map of `len` (see [`Header`]).
+#[inline(never)]
+fn write_header<O: Output>(out: &mut O, kind: Header, len: usize) -> Result<(), Error> {
+    let (bytes, n) = kind.encode(len)?;
+    out.put(&bytes[..n]);
+    Ok(())
+}
+
 /// Writes values into an [`Output`]; `&mut Encoder` is the serde `Serializer`.
 pub(crate) struct Encoder<'o, O> {
     out: &'o mut O,
@@ -73,20 +114,7 @@ impl<'o, O: Output> Encoder<'o, O> {
 
     #[inline]
     fn uint(&mut self, v: u64) {
-        if v < 0x80 {
-            self.out.put(&[v as u8]);
-        } else if v <= u8::MAX as u64 {
-            self.out.put(&[0xcc, v as u8]);
-        } else if v <= u16::MAX as u64 {
-            let [a, b] = (v as u16).to_be_bytes();
-            self.out.put(&[0xcd, a, b]);
-        } else if v <= u32::MAX as u64 {
-            let [a, b, c, d] = (v as u32).to_be_bytes();
-            self.out.put(&[0xce, a, b, c, d]);
-        } else {
-            self.out.put(&[0xcf]);
-            self.out.put(&v.to_be_bytes());
-        }
+        write_uint(self.out, v);
     }
 
     #[inline]
@@ -110,11 +138,9 @@ impl<'o, O: Output> Encoder<'o, O> {
     }
 
     /// Writes the header of a string, binary, array or map of `len` (see [`Header`]).
-    #[inline(never)]
+    #[inline]
     fn header(&mut self, kind: Header, len: usize) -> Result<(), Error> {
-        let (bytes, n) = kind.encode(len)?;
-        self.out.put(&bytes[..n]);
-        Ok(())
+        write_header(self.out, kind, len)
     }
 
     // Strings, arrays and maps are mostly short (field names, small structs): their one-byte
@@ -122,12 +148,7 @@ impl<'o, O: Output> Encoder<'o, O> {
 
     #[inline]
     fn str(&mut self, s: &str) -> Result<(), Error> {
-        match s.len() {
-            len @ 0..32 => self.out.put(&[0xa0 | len as u8]),
-            len => self.header(Header::STR, len)?,
-        }
-        self.out.put(s.as_bytes());
-        Ok(())
+        write_str(self.out, s.as_bytes())
     }
 
     #[inline]
