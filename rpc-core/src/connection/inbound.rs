@@ -238,7 +238,6 @@ pub(crate) fn start_call(conn: &Arc<ConnShared>, frame: Frame) {
         window,
         args: parking_lot::Mutex::new(args_rx),
         slot: Some(bytes),
-        scanned_args: (args.as_ptr() as usize, args.len()),
         inline_token,
     };
     if kind.streams_in() {

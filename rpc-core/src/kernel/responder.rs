@@ -59,9 +59,6 @@ pub struct Responder {
     /// (rejected, cancelled, timed out, panicked): a cancel never frees a slot before the
     /// handler has stopped.
     pub(crate) slot: Option<usize>,
-    /// Where the arguments the kernel scanned lie (address, length): [`Responder::args`]
-    /// given these very bytes skips scanning them again.
-    pub(crate) scanned_args: (usize, usize),
     /// The call's token while it may be polled inline on the read loop without a table
     /// entry (0: the call has its entry from the start). See `inbound::run_inline`.
     pub(crate) inline_token: u64,
@@ -100,11 +97,7 @@ impl Responder {
 
     /// Starts reading the call's argument array, under the connection's depth limit.
     pub fn args<'a>(&self, args: &'a [u8]) -> Result<ArgsReader<'a>, RpcError> {
-        let depth = self.conn().limits.depth_limit();
-        match (args.as_ptr() as usize, args.len()) == self.scanned_args {
-            true => ArgsReader::scanned(args, depth),
-            false => ArgsReader::new(args, depth),
-        }
+        ArgsReader::new(args, self.conn().limits.depth_limit())
     }
 
     /// The caller's argument stream (for an action with an `RpcStream<T>` parameter), read

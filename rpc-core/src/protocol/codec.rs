@@ -377,9 +377,6 @@ pub struct ArgsReader<'a> {
     remaining: u32,
     position: u32,
     max_depth: usize,
-    /// The whole array was pre-scanned as one value: its elements need no scan of their
-    /// own, the decoder finds where each ends.
-    scanned: bool,
 }
 
 impl<'a> ArgsReader<'a> {
@@ -388,15 +385,7 @@ impl<'a> ArgsReader<'a> {
         let mut rest = args;
         let count = rmp::decode::read_array_len(&mut rest)
             .map_err(|_| RpcError::bad_arguments("the arguments are not a MessagePack array"))?;
-        Ok(ArgsReader { rest, remaining: count, position: 0, max_depth, scanned: false })
-    }
-
-    /// As [`ArgsReader::new`], for an array [`scan_value`] accepted whole (the kernel scans
-    /// every call's arguments as it decodes the call).
-    pub(crate) fn scanned(args: &'a [u8], max_depth: usize) -> Result<ArgsReader<'a>, RpcError> {
-        let mut reader = ArgsReader::new(args, max_depth)?;
-        reader.scanned = true;
-        Ok(reader)
+        Ok(ArgsReader { rest, remaining: count, position: 0, max_depth })
     }
 
     /// How many arguments the caller sent.
@@ -423,18 +412,12 @@ impl<'a> ArgsReader<'a> {
         let failed = |e: &dyn std::fmt::Display| {
             RpcError::bad_arguments(format!("argument `{name}` (#{position}): {e}"))
         };
-        if self.scanned {
-            // The whole array passed the pre-scan: the decoder finds where each argument
-            // ends as it reads it.
-            let (value, len) =
-                super::msgpack::decode(self.rest, MAX_TRACKED_DEPTH).map_err(|e| failed(&e))?;
-            self.rest = self.rest.get(len..).unwrap_or_default();
-            return Ok(value);
-        }
-        let len = value_len(self.rest, self.max_depth).map_err(|e| failed(&e))?;
-        let (value, rest) = self.rest.split_at(len);
-        self.rest = rest;
-        decode_prescanned(value).map_err(|e| failed(&e))
+        // No scan first: the decoder holds the argument to the depth limit and to the bytes
+        // present, and finds where it ends as it reads it.
+        let depth = self.max_depth.min(MAX_TRACKED_DEPTH);
+        let (value, len) = super::msgpack::decode(self.rest, depth).map_err(|e| failed(&e))?;
+        self.rest = self.rest.get(len..).unwrap_or_default();
+        Ok(value)
     }
 
     /// Checks that no argument is left over.
@@ -590,26 +573,19 @@ mod tests {
     }
 
     #[test]
-    fn a_scanned_array_reads_the_same_and_still_names_failures() {
+    fn arguments_read_back_in_order_and_the_last_one_is_still_named() {
         let args = encode_value(&(1u64, "x", vec![Shape::Circle { r: 2.0 }])).unwrap();
-        assert_eq!(scan_value(&args, 64).map(|(len, _)| len), Ok(args.len()));
-        for scanned in [false, true] {
-            let reader = || match scanned {
-                true => ArgsReader::scanned(&args, 64).unwrap(),
-                false => ArgsReader::new(&args, 64).unwrap(),
-            };
-            let mut r = reader();
-            assert_eq!(r.next::<u64>("id").unwrap(), 1);
-            assert_eq!(r.next::<String>("name").unwrap(), "x");
-            assert_eq!(r.next::<Vec<Shape>>("shapes").unwrap(), vec![Shape::Circle { r: 2.0 }]);
-            r.finish().unwrap();
-            // The last argument of the wrong type is still named.
-            let mut r = reader();
-            r.next::<u64>("id").unwrap();
-            r.next::<String>("name").unwrap();
-            let err = r.next::<u64>("shapes").unwrap_err();
-            assert!(err.message().contains("argument `shapes` (#3)"), "{err}");
-        }
+        let mut r = ArgsReader::new(&args, 64).unwrap();
+        assert_eq!(r.next::<u64>("id").unwrap(), 1);
+        assert_eq!(r.next::<String>("name").unwrap(), "x");
+        assert_eq!(r.next::<Vec<Shape>>("shapes").unwrap(), vec![Shape::Circle { r: 2.0 }]);
+        r.finish().unwrap();
+        // The last argument of the wrong type is still named.
+        let mut r = ArgsReader::new(&args, 64).unwrap();
+        r.next::<u64>("id").unwrap();
+        r.next::<String>("name").unwrap();
+        let err = r.next::<u64>("shapes").unwrap_err();
+        assert!(err.message().contains("argument `shapes` (#3)"), "{err}");
     }
 
     #[test]

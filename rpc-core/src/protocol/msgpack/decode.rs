@@ -113,7 +113,7 @@ impl<'de> Decoder<'de> {
             0x90..=0x9f => self.seq((marker & 0x0f) as usize, visitor),
             0xa0..=0xbf => self.str((marker & 0x1f) as usize, visitor),
             0xc0 => visitor.visit_unit(),
-            0xc1 => Err(Error::new("0xc1 is not a MessagePack marker")),
+            0xc1 => Err(Error::malformed(self.max_depth)),
             0xc2 => visitor.visit_bool(false),
             0xc3 => visitor.visit_bool(true),
             0xc4 => {
@@ -205,7 +205,7 @@ impl<'de> Decoder<'de> {
                 self.depth_left = left;
                 Ok(())
             }
-            None => Err(Error::too_deep(self.max_depth)),
+            None => Err(Error::malformed(self.max_depth)),
         }
     }
 
@@ -422,7 +422,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         let len =
             crate::protocol::codec::value_len(rest, self.depth_left).map_err(|e| match e {
                 // The scan counts from here: the limit it names is what was left of ours.
-                DecodeError::Malformed { .. } => Error::too_deep(self.max_depth),
+                DecodeError::Malformed { .. } => Error::malformed(self.max_depth),
                 other => Error(other),
             })?;
         self.pos += len;

@@ -43,7 +43,9 @@ impl Error {
         Error(DecodeError::Truncated)
     }
 
-    fn too_deep(max_depth: usize) -> Error {
+    /// Bad syntax (the reserved marker 0xc1) or nesting beyond `max_depth`: what the
+    /// pre-scan ([`value_len`](super::codec::value_len)) calls malformed, by the same name.
+    fn malformed(max_depth: usize) -> Error {
         Error(DecodeError::Malformed { max_depth })
     }
 
