@@ -13,7 +13,6 @@
 //! Small items thus run thousands deep, large ones a few, and an unread stream stalls only
 //! its own producer, holding at most a window (plus one item) in the client's memory.
 
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -263,7 +262,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
                 allowance,
                 batch: None,
                 grant_yield: None,
-                decode: |item| codec::decode_prescanned::<T>(item),
+                decode: codec::decode_prefix::<T>,
             }),
         }
     }
@@ -320,11 +319,15 @@ struct RemoteStream<T> {
     /// Set when credit was just granted: the consumer steps aside once so that the
     /// connection's writer sends the grant now (see [`RemoteStream::consumed`]).
     grant_yield: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
-    /// Decodes an item already checked to be one value within the depth limit (the stream
-    /// type itself needs no `DeserializeOwned` bound, so the server can hold
-    /// `RpcStream<T>` for any serializable `T`).
-    decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
+    /// Decodes the item at the start of a slice under a depth limit, returning it with its
+    /// length ([`codec::decode_prefix`]; the stream type itself needs no `DeserializeOwned`
+    /// bound, so the server can hold `RpcStream<T>` for any serializable `T`).
+    decode: DecodePrefix<T>,
 }
+
+/// [`codec::decode_prefix`] for one item type: the item at the start of a slice, under a
+/// depth limit, with the bytes it took.
+type DecodePrefix<T> = fn(&[u8], usize) -> Result<(T, usize), codec::DecodeError>;
 
 /// What is left of an Items frame: its body, where the next item starts, how many remain.
 struct Batch {
@@ -376,30 +379,29 @@ impl<T> RemoteStream<T> {
         Some(Err(RpcError::protocol(what)))
     }
 
-    /// Decodes the checked item at `item` of a received `body`; Blobs in it share `body`.
-    #[inline(always)]
-    fn decode_item(
-        decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
-        body: &bytes::Bytes,
-        item: Range<usize>,
-    ) -> Result<T, codec::DecodeError> {
-        crate::blob::decode_from(body, || decode(&body[item]))
-    }
-
     /// The next item of the current Items frame, if there is one. The batch is read in
     /// place: taking it out and putting it back moved it twice per item.
+    ///
+    /// The item is decoded straight from the batch, which finds where it ends; only an item
+    /// that fails is scanned, to tell one of another type (an error for that item, and the
+    /// stream goes on after it) from bytes that are no value at all (the stream ends).
     fn next_batched(&mut self) -> Option<Result<T, RpcError>> {
         let depth = self.conn.limits.depth_limit();
         let decode = self.decode;
         let batch = self.batch.as_mut()?;
-        let start = batch.offset;
-        let len = match codec::value_len(&batch.body[start..], depth) {
-            Ok(len) => len,
-            Err(e) => return self.malformed(format!("an Items frame holds a malformed item: {e}")),
+        let rest = &batch.body[batch.offset..];
+        // Blobs in the item share the frame's bytes.
+        let (item, len) = match crate::blob::decode_from(&batch.body, || decode(rest, depth)) {
+            Ok((value, len)) => (Ok(value), len),
+            Err(e) => match codec::value_len(rest, depth) {
+                Ok(len) => (Err(e), len),
+                Err(e) => {
+                    return self.malformed(format!("an Items frame holds a malformed item: {e}"));
+                }
+            },
         };
         batch.offset += len;
         batch.remaining -= 1;
-        let item = Self::decode_item(decode, &batch.body, start..start + len);
         if batch.remaining == 0 {
             self.batch = None;
         }
@@ -439,9 +441,11 @@ impl<T> RemoteStream<T> {
             }
             Kind::Item => {
                 self.consumed(frame.body.len());
-                let item = codec::prescan(&frame.body, self.conn.limits.depth_limit())
-                    .and_then(|()| Self::decode_item(self.decode, &frame.body, 0..frame.body.len()))
-                    .map_err(undecodable);
+                let depth = self.conn.limits.depth_limit();
+                let item =
+                    crate::blob::decode_from(&frame.body, || (self.decode)(&frame.body, depth))
+                        .and_then(|decoded| codec::all_of(&frame.body, decoded))
+                        .map_err(undecodable);
                 Poll::Ready(Some(item))
             }
             Kind::End => {
@@ -501,6 +505,54 @@ mod tests {
         let end = Frame { kind: Kind::End, id: 1, route: None, body: Bytes::new() };
         assert!(tx.send(end).is_ok());
         assert_eq!(rx.try_recv().map(|f| f.body.len()).ok(), Some(10));
+    }
+
+    /// An item of another type than the stream's is an error for that item only, and the
+    /// stream reads on after it; bytes that are no value end the stream.
+    #[test]
+    fn a_mistyped_item_is_skipped_and_a_malformed_one_ends_the_stream() {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = crate::connection::tests::connection();
+        let allowance = Arc::new(AtomicI64::new(1 << 20));
+        let mut stream = RpcStream::<u32>::remote_arguments(rx, conn, 2, 1 << 20, allowance);
+        let frame = |kind, body: &'static [u8]| Frame {
+            kind,
+            id: 2,
+            route: None,
+            body: Bytes::from_static(body),
+        };
+        // [1, "x", [7, 8], 3], then 4 with a byte after it, then "y", then [5, 0xc1, 6].
+        tx.send(frame(Kind::Items, &[0x94, 0x01, 0xa1, b'x', 0x92, 0x07, 0x08, 0x03])).unwrap();
+        tx.send(frame(Kind::Item, &[0x04, 0x00])).unwrap();
+        tx.send(frame(Kind::Item, &[0xa1, b'y'])).unwrap();
+        tx.send(frame(Kind::Items, &[0x93, 0x05, 0xc1, 0x06])).unwrap();
+        let read: Vec<Result<u32, String>> = futures::executor::block_on(
+            stream.by_ref().map(|item| item.map_err(|e| e.to_string())).collect(),
+        );
+        let kinds: Vec<_> = read
+            .iter()
+            .map(|item| match item {
+                Ok(v) => format!("{v}"),
+                Err(e) if e.contains("malformed item") => "malformed".into(),
+                Err(e) if e.contains("did not decode") => "undecodable".into(),
+                Err(e) => e.clone(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "1",
+                "undecodable",
+                "undecodable",
+                "3",
+                "undecodable",
+                "undecodable",
+                "5",
+                "malformed"
+            ],
+            "{read:?}"
+        );
     }
 
     #[test]

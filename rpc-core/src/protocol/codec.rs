@@ -284,15 +284,38 @@ pub fn decode_prescanned<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeEr
 /// assert!(decode_value::<u8>(&[0x01, 0xff]).is_err()); // trailing bytes
 /// ```
 pub fn decode_value<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    // No pre-scan: the decoder itself holds the nesting to the limit and never trusts a
-    // declared length beyond the bytes present (see `msgpack`), and a pass less is about
-    // 100 instructions less on every reply of a small call.
-    let (value, len) = super::msgpack::decode(body, DEFAULT_MAX_DEPTH)
-        .map_err(super::msgpack::Error::into_decode_error)?;
+    decode_whole(body, DEFAULT_MAX_DEPTH)
+}
+
+/// Decodes `body`, which must be exactly one value nested at most `max_depth` deep.
+///
+/// No pre-scan: the decoder itself holds the nesting to the limit and never trusts a
+/// declared length beyond the bytes present (see `msgpack`); a pass less is about 100
+/// instructions less on every reply of a small call.
+pub(crate) fn decode_whole<T: DeserializeOwned>(
+    body: &[u8],
+    max_depth: usize,
+) -> Result<T, DecodeError> {
+    decode_prefix(body, max_depth).and_then(|decoded| all_of(body, decoded))
+}
+
+/// The value [`decode_prefix`] read from the start of `body`, if it took all of `body`.
+pub(crate) fn all_of<T>(body: &[u8], (value, len): (T, usize)) -> Result<T, DecodeError> {
     match body.len() - len {
         0 => Ok(value),
         trailing => Err(DecodeError::Trailing(trailing)),
     }
+}
+
+/// Decodes the value at the start of `body`, nested at most `max_depth` (at most 128)
+/// deep, and returns it with the bytes it took: for values one after another (a call's
+/// arguments, the items of a batch), which the decoder delimits as it reads them.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(
+    body: &[u8],
+    max_depth: usize,
+) -> Result<(T, usize), DecodeError> {
+    super::msgpack::decode(body, max_depth.min(MAX_TRACKED_DEPTH))
+        .map_err(super::msgpack::Error::into_decode_error)
 }
 
 /// Encodes `value` as MessagePack: structs as maps keyed by field name (so fields can be
@@ -412,10 +435,7 @@ impl<'a> ArgsReader<'a> {
         let failed = |e: &dyn std::fmt::Display| {
             RpcError::bad_arguments(format!("argument `{name}` (#{position}): {e}"))
         };
-        // No scan first: the decoder holds the argument to the depth limit and to the bytes
-        // present, and finds where it ends as it reads it.
-        let depth = self.max_depth.min(MAX_TRACKED_DEPTH);
-        let (value, len) = super::msgpack::decode(self.rest, depth).map_err(|e| failed(&e))?;
+        let (value, len) = decode_prefix(self.rest, self.max_depth).map_err(|e| failed(&e))?;
         self.rest = self.rest.get(len..).unwrap_or_default();
         Ok(value)
     }
