@@ -266,15 +266,7 @@ pub fn prescan(body: &[u8], max_depth: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// Decodes one value that [`prescan`] has accepted (or that this side produced).
-pub fn decode_prescanned<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    // The depth limit is a second guard: the pre-scan has refused deeper bodies.
-    super::msgpack::decode(body, MAX_TRACKED_DEPTH)
-        .map(|(value, _)| value)
-        .map_err(super::msgpack::Error::into_decode_error)
-}
-
-/// Pre-scans and decodes one value with the default depth limit.
+/// Decodes `body`, exactly one value, with the default depth limit.
 ///
 /// ```
 /// use rpc_core::protocol::codec::{decode_value, encode_value};
