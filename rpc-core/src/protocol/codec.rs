@@ -323,6 +323,10 @@ pub fn encode_into<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) -> Resu
     write_value(out, value)
 }
 
+// The protocol's own fields, written by `msgpack`'s shortest-form writers (the forms rmp
+// writes). Each body field fits a frame (16 MiB at most), so the only failure of those
+// writers, a length of 4 GiB or more, cannot happen here.
+
 /// Writes a MessagePack string in its shortest form, as `rmp::encode::write_str` does.
 ///
 /// The protocol's own fields (controller and action names) are written on every call;
@@ -335,34 +339,27 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
 /// As [`put_str`], for a string's bytes (a call head's names as they were read).
 #[inline]
 pub(crate) fn put_str_bytes(out: &mut BytesMut, s: &[u8]) {
-    // Only a string of 4 GiB or more fails, and no frame (16 MiB at most) holds one.
     let written = super::msgpack::write_str(out, s);
     debug_assert!(written.is_ok(), "a protocol string of {} bytes", s.len());
 }
 
-/// `io::Write` into a `BytesMut`, inlined into the encoder.
-///
-/// MessagePack encoders write a marker byte, then a few bytes, then the next marker: with
-/// `bytes`' own writer each of those small writes is a call that ends in `memcpy`. Inlined,
-/// a write of a known length becomes a store.
-pub(crate) struct BytesWriter<'a>(pub(crate) &'a mut BytesMut);
+/// Writes an unsigned integer in its shortest form.
+#[inline]
+pub(crate) fn put_uint(out: &mut BytesMut, v: u64) {
+    super::msgpack::write_uint(out, v);
+}
 
-impl std::io::Write for BytesWriter<'_> {
-    #[inline(always)]
-    fn write(&mut self, src: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(src);
-        Ok(src.len())
-    }
+/// Writes the header of an array of `len` elements in its shortest form.
+#[inline]
+pub(crate) fn put_array_len(out: &mut BytesMut, len: u32) {
+    let written = super::msgpack::write_array_len(out, len as usize);
+    debug_assert!(written.is_ok(), "a u32 length always fits");
+}
 
-    #[inline(always)]
-    fn write_all(&mut self, src: &[u8]) -> std::io::Result<()> {
-        self.0.extend_from_slice(src);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Writes binary data in its shortest form.
+pub(crate) fn put_bin(out: &mut BytesMut, data: &[u8]) {
+    let written = super::msgpack::write_bin(out, data);
+    debug_assert!(written.is_ok(), "protocol binary data of {} bytes", data.len());
 }
 
 fn write_value<O: super::msgpack::Output, T: Serialize + ?Sized>(
@@ -601,19 +598,29 @@ mod tests {
     }
 
     #[test]
-    fn put_str_and_write_uint_write_what_rmp_writes() {
-        for len in [0usize, 1, 5, 31, 32, 255, 256, 65_535, 65_536] {
+    fn the_protocol_field_writers_write_what_rmp_writes() {
+        for len in [0usize, 1, 5, 15, 16, 31, 32, 255, 256, 65_535, 65_536] {
             let s = "x".repeat(len);
             let mut ours = BytesMut::new();
             put_str(&mut ours, &s);
             let mut theirs = Vec::new();
             rmp::encode::write_str(&mut theirs, &s).unwrap();
             assert_eq!(&ours[..], &theirs[..], "string of {len} bytes");
+            let mut ours = BytesMut::new();
+            put_bin(&mut ours, s.as_bytes());
+            let mut theirs = Vec::new();
+            rmp::encode::write_bin(&mut theirs, s.as_bytes()).unwrap();
+            assert_eq!(&ours[..], &theirs[..], "binary of {len} bytes");
+            let mut ours = BytesMut::new();
+            put_array_len(&mut ours, len as u32);
+            let mut theirs = Vec::new();
+            rmp::encode::write_array_len(&mut theirs, len as u32).unwrap();
+            assert_eq!(&ours[..], &theirs[..], "array of {len}");
         }
         let edges = [0u64, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x1_0000, 0xffff_ffff];
         for v in edges.into_iter().chain([1 << 32, u64::MAX]) {
             let mut ours = BytesMut::new();
-            crate::protocol::msgpack::write_uint(&mut ours, v);
+            put_uint(&mut ours, v);
             let mut theirs = Vec::new();
             rmp::encode::write_uint(&mut theirs, v).unwrap();
             assert_eq!(&ours[..], &theirs[..], "{v}");

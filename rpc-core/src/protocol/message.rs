@@ -5,11 +5,9 @@
 //! (added by newer versions) and ignore them.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rmp::encode as enc;
 
 use crate::error::{ErrorKind, RpcError};
 use crate::protocol::codec::{self, DecodeError};
-use crate::protocol::msgpack;
 
 /// The protocol version this implementation speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -125,16 +123,15 @@ pub const FEATURE_ITEM_BATCHES: u64 = 1;
 impl Hello {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut w = codec::BytesWriter(out);
-        let _ = enc::write_array_len(&mut w, 8);
-        let _ = enc::write_str(&mut w, MAGIC);
-        let _ = enc::write_uint(&mut w, self.min_version as u64);
-        let _ = enc::write_uint(&mut w, self.max_version as u64);
-        let _ = enc::write_uint(&mut w, self.connection_id);
-        let _ = enc::write_uint(&mut w, self.max_calls as u64);
-        let _ = enc::write_uint(&mut w, self.max_streams as u64);
-        let _ = enc::write_uint(&mut w, self.max_frame as u64);
-        let _ = enc::write_uint(&mut w, self.features);
+        codec::put_array_len(out, 8);
+        codec::put_str(out, MAGIC);
+        codec::put_uint(out, self.min_version as u64);
+        codec::put_uint(out, self.max_version as u64);
+        codec::put_uint(out, self.connection_id);
+        codec::put_uint(out, self.max_calls as u64);
+        codec::put_uint(out, self.max_streams as u64);
+        codec::put_uint(out, self.max_frame as u64);
+        codec::put_uint(out, self.features);
     }
 
     /// Decodes the body.
@@ -238,26 +235,21 @@ impl<'a> CallHead<'a> {
     /// Writes the options that follow the arguments.
     pub fn encode_tail(out: &mut BytesMut, timeout_ms: Option<u64>, window: u32) {
         match timeout_ms {
-            Some(ms) => msgpack::write_uint(out, ms),
+            Some(ms) => codec::put_uint(out, ms),
             None => out.put_u8(0xc0),
         }
-        msgpack::write_uint(out, window as u64);
+        codec::put_uint(out, window as u64);
     }
 }
 
 /// Encodes an Error body: `[code, message, name?, payload?, correlation_id?]`.
 pub fn encode_error(out: &mut BytesMut, error: &RpcError) {
-    {
-        let mut w = codec::BytesWriter(out);
-        let _ = enc::write_array_len(&mut w, 5);
-        let _ = enc::write_uint(&mut w, error.kind().code() as u64);
-        let _ = enc::write_str(&mut w, error.message());
-    }
+    codec::put_array_len(out, 5);
+    codec::put_uint(out, error.kind().code() as u64);
+    codec::put_str(out, error.message());
     write_opt_str(out, error.name());
     match error.payload() {
-        Some(p) => {
-            let _ = enc::write_bin(&mut codec::BytesWriter(out), p);
-        }
+        Some(p) => codec::put_bin(out, p),
         None => out.put_u8(0xc0),
     }
     write_opt_str(out, error.correlation_id());
@@ -357,10 +349,9 @@ pub struct GoAway {
 impl GoAway {
     /// Encodes the body.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut w = codec::BytesWriter(out);
-        let _ = enc::write_array_len(&mut w, 2);
-        let _ = enc::write_uint(&mut w, self.code as u16 as u64);
-        let _ = enc::write_str(&mut w, &self.reason);
+        codec::put_array_len(out, 2);
+        codec::put_uint(out, self.code as u16 as u64);
+        codec::put_str(out, &self.reason);
     }
 
     /// Decodes the body.
@@ -451,7 +442,7 @@ impl<'a> ItemBatch<'a> {
 
 /// Writes the array header of an Items body holding `count` items.
 pub fn encode_items_header(out: &mut BytesMut, count: u32) {
-    let _ = enc::write_array_len(&mut codec::BytesWriter(out), count);
+    codec::put_array_len(out, count);
 }
 
 /// Reads a body holding one unsigned integer (Credit, ChunkCredit).
@@ -465,7 +456,7 @@ pub fn decode_uint(mut body: &[u8]) -> Result<u64, DecodeError> {
 
 /// Writes a body holding one unsigned integer.
 pub fn encode_uint(out: &mut BytesMut, v: u64) {
-    msgpack::write_uint(out, v);
+    codec::put_uint(out, v);
 }
 
 /// The source a server stamps on a routed call: `[connection_id, alias?, username?]`.
@@ -482,11 +473,8 @@ pub struct RouteSource {
 impl RouteSource {
     /// Encodes the route section.
     pub fn encode(&self, out: &mut BytesMut) {
-        {
-            let mut w = codec::BytesWriter(out);
-            let _ = enc::write_array_len(&mut w, 3);
-            let _ = enc::write_uint(&mut w, self.connection_id);
-        }
+        codec::put_array_len(out, 3);
+        codec::put_uint(out, self.connection_id);
         write_opt_str(out, self.alias.as_deref());
         write_opt_str(out, self.username.as_deref());
     }
@@ -505,9 +493,8 @@ impl RouteSource {
 
 /// Encodes a route target section: `[alias]`.
 pub fn encode_route_target(out: &mut BytesMut, alias: &str) {
-    let mut w = codec::BytesWriter(out);
-    let _ = enc::write_array_len(&mut w, 1);
-    let _ = enc::write_str(&mut w, alias);
+    codec::put_array_len(out, 1);
+    codec::put_str(out, alias);
 }
 
 /// Decodes a route target section.

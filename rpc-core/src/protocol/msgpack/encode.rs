@@ -94,6 +94,24 @@ pub(crate) fn write_str<O: Output>(out: &mut O, s: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes an array's header in its shortest form, as `rmp::encode::write_array_len` does.
+#[inline]
+pub(crate) fn write_array_len<O: Output>(out: &mut O, len: usize) -> Result<(), Error> {
+    if len < 16 {
+        out.put(&[0x90 | len as u8]);
+        return Ok(());
+    }
+    write_header(out, Header::ARRAY, len)
+}
+
+/// Writes binary data in its shortest form, as `rmp::encode::write_bin` does.
+#[inline]
+pub(crate) fn write_bin<O: Output>(out: &mut O, data: &[u8]) -> Result<(), Error> {
+    write_header(out, Header::BIN, data.len())?;
+    out.put(data);
+    Ok(())
+}
+
 /// Writes the header of a string, binary, array or map of `len` (see [`Header`]).
 #[inline(never)]
 fn write_header<O: Output>(out: &mut O, kind: Header, len: usize) -> Result<(), Error> {
@@ -153,11 +171,7 @@ impl<'o, O: Output> Encoder<'o, O> {
 
     #[inline]
     fn array(&mut self, len: usize) -> Result<(), Error> {
-        if len < 16 {
-            self.out.put(&[0x90 | len as u8]);
-            return Ok(());
-        }
-        self.header(Header::ARRAY, len)
+        write_array_len(self.out, len)
     }
 
     #[inline]
@@ -381,9 +395,7 @@ impl<'s, 'o, O: Output> ser::Serializer for &'s mut Encoder<'o, O> {
 
     #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
-        self.header(Header::BIN, v.len())?;
-        self.out.put(v);
-        Ok(())
+        write_bin(self.out, v)
     }
 
     #[inline]

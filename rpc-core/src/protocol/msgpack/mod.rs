@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::DecodeError;
 
-pub(crate) use encode::{Output, write_str, write_uint};
+pub(crate) use encode::{Output, write_array_len, write_bin, write_str, write_uint};
 
 /// The newtype-struct name by which `rmp_serde` marks a MessagePack ext value (a tuple of
 /// its type and its bytes); ext values are handed to `rmp_serde` as they are rare.
