@@ -1,6 +1,7 @@
 //! The systems compared, and how each runs every workload.
 
 pub mod jsonrpsee_sys;
+pub mod lean;
 pub mod ours;
 pub mod raw;
 pub mod tarpc_sys;
@@ -18,6 +19,7 @@ use crate::harness::{
 pub enum System {
     Raw,
     RawWs,
+    Lean,
     Tarpc,
     Jsonrpsee,
     Tonic,
@@ -29,6 +31,7 @@ pub enum System {
 pub const ALL: &[System] = &[
     System::Raw,
     System::RawWs,
+    System::Lean,
     System::Tarpc,
     System::Jsonrpsee,
     System::Tonic,
@@ -42,6 +45,7 @@ impl System {
         match self {
             System::Raw => "raw",
             System::RawWs => "raw-ws",
+            System::Lean => "lean",
             System::Tarpc => "tarpc",
             System::Jsonrpsee => "jsonrpsee",
             System::Tonic => "tonic",
@@ -55,6 +59,7 @@ impl System {
         match self {
             System::Raw => "raw tokio TCP (msgpack)",
             System::RawWs => "raw tokio-tungstenite",
+            System::Lean => "lean multiplexing client (raw's wire)",
             System::Tarpc => "tarpc TCP (bincode)",
             System::Jsonrpsee => "jsonrpsee WS (JSON)",
             System::Tonic => "tonic gRPC (HTTP/2)",
@@ -245,6 +250,20 @@ pub fn measure(
             drop(server);
             out
         }
+        System::Lean => {
+            // Calls only: the lean client has no streams to compare.
+            let calls: Vec<_> =
+                workloads.iter().copied().filter(|&w| w != Workload::Stream).collect();
+            let payload = cfg.payload;
+            let server = || async { no_keep(raw::tcp_server().await) };
+            let mut out = run_rpc(placement, &calls, cfg, server, move |addr| {
+                lean::Lean::connect(addr, payload)
+            });
+            if workloads.contains(&Workload::Stream) {
+                out.push((Workload::Stream, Value::Na("n/a (calls only)")));
+            }
+            out
+        }
         System::Tarpc => {
             let payload = cfg.payload;
             run_rpc(placement, workloads, cfg, tarpc_sys::server, move |addr| {
@@ -424,6 +443,11 @@ pub async fn calls(system: System, n: u64) {
             let addr = raw::ws_server().await;
             let c = raw::RawWs::new(addr);
             c.calls(n).await;
+        }
+        System::Lean => {
+            let addr = raw::tcp_server().await;
+            let r = lean::Lean::connect(addr, 64 << 10).await;
+            n_calls(&r, n).await;
         }
         System::Tarpc => {
             let (addr, _keep) = tarpc_sys::server().await;

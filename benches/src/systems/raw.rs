@@ -6,7 +6,9 @@
 //!
 //! Wire (TCP): `u32 length (BE) | u8 op | MessagePack body`; on WebSocket the message is
 //! `u8 op | MessagePack body`. Ops: 1 echo `Small`, 2 echo bytes, 3 stream `n` (answered by
-//! `n` op-4 frames carrying a `u64`, then one op-5 frame).
+//! `n` op-4 frames carrying a `u64`, then one op-5 frame). Ops 6 and 7 are ops 1 and 2 with a
+//! `u32` call id (BE) before the body, echoed back before the answer's: the wire of the lean
+//! multiplexing client (`lean.rs`), whose answers are matched by id, not by order.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -26,8 +28,10 @@ const BYTES: u8 = 2;
 const STREAM: u8 = 3;
 const ITEM: u8 = 4;
 const END: u8 = 5;
+const ID_ECHO: u8 = 6;
+const ID_BYTES: u8 = 7;
 
-fn encode_body<T: Serialize + ?Sized>(out: &mut BytesMut, v: &T) {
+pub(crate) fn encode_body<T: Serialize + ?Sized>(out: &mut BytesMut, v: &T) {
     rmp_serde::encode::write_named(&mut out.writer(), v).expect("encode");
 }
 
@@ -41,7 +45,7 @@ fn encode_frame<T: Serialize + ?Sized>(out: &mut BytesMut, op: u8, v: &T) {
 }
 
 /// Cuts one whole frame off `buf`: (op, body).
-fn next_frame(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
+pub(crate) fn next_frame(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
     if buf.len() < 4 {
         return None;
     }
@@ -70,6 +74,23 @@ fn answer(op: u8, body: &[u8], out: &mut BytesMut) -> u64 {
             0
         }
         STREAM => rmp_serde::from_slice(body).expect("decode n"),
+        ID_ECHO | ID_BYTES => {
+            let (id, body) = body.split_at(4);
+            let start = out.len();
+            out.put_u32(0);
+            out.put_u8(op);
+            out.put_slice(id);
+            if op == ID_ECHO {
+                let s: Small = rmp_serde::from_slice(body).expect("decode small");
+                encode_body(out, &s);
+            } else {
+                let b: &serde_bytes::Bytes = rmp_serde::from_slice(body).expect("decode bytes");
+                encode_body(out, b);
+            }
+            let len = (out.len() - start - 4) as u32;
+            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            0
+        }
         _ => panic!("raw server: unknown op {op}"),
     }
 }
@@ -325,6 +346,8 @@ impl RawTcp {
 
 pub const OP_ECHO: u8 = ECHO;
 pub const OP_BYTES: u8 = BYTES;
+pub const OP_ID_ECHO: u8 = ID_ECHO;
+pub const OP_ID_BYTES: u8 = ID_BYTES;
 
 // ---------------------------------------------------------------------------------------
 // WebSocket (tokio-tungstenite)
