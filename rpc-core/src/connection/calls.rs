@@ -720,6 +720,7 @@ pub(crate) fn on_response(conn: &Arc<ConnShared>, frame: Frame) {
 
 /// Handles a Credit for the argument stream of a call this side started (or forwards it to
 /// the caller of a routed call).
+#[inline(never)]
 pub(crate) fn on_credit(conn: &Arc<ConnShared>, frame: Frame) {
     let n = match message::decode_uint(&frame.body) {
         Ok(n) => n.min(u32::MAX as u64) as usize,

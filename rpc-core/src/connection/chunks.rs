@@ -205,6 +205,7 @@ impl ConnShared {
 }
 
 /// Handles a received Chunk: forwards it on a routed call, else reassembles it.
+#[inline(never)]
 pub(crate) fn on_chunk(conn: &Arc<ConnShared>, frame: Frame) {
     let id = frame.id;
     let local = conn.is_local_id(id);
@@ -369,6 +370,7 @@ fn report_download(conn: &Arc<ConnShared>, id: u32) {
 
 /// Handles a ChunkCredit: more room for chunks this side sends on call `id` (or forwards it
 /// on a routed call).
+#[inline(never)]
 pub(crate) fn on_chunk_credit(conn: &Arc<ConnShared>, frame: Frame) {
     let id = frame.id;
     let Some(n) = chunk::credit_bytes(&frame.body) else {

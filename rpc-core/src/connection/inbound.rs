@@ -676,6 +676,7 @@ pub(crate) fn report_panic(
 
 /// Handles a Cancel: the handler's task is aborted; its slot frees once it has stopped. A
 /// routed call is cancelled at its callee.
+#[inline(never)]
 pub(crate) fn cancel(conn: &Arc<ConnShared>, id: u32) {
     // Rapid reset: start-and-cancel churns handlers (a cancel never frees a slot early, but
     // it still costs work); past the budget per minute, close.
@@ -712,6 +713,7 @@ fn stop_inbound(conn: &Arc<ConnShared>, id: u32) {
 }
 
 /// Handles an Item or End of the argument stream the caller sends on its call `id`.
+#[inline(never)]
 pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
     let mut table = conn.inbound.lock();
     match table.get_mut(&frame.id) {
@@ -741,6 +743,7 @@ pub(crate) fn argument_frame(conn: &Arc<ConnShared>, frame: Frame) {
 }
 
 /// Handles a Credit for a result stream this side produces.
+#[inline(never)]
 pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
     let n = match message::decode_uint(&frame.body) {
         Ok(n) => n.min(u32::MAX as u64) as usize,
@@ -759,6 +762,7 @@ pub(crate) fn credit(conn: &Arc<ConnShared>, frame: Frame) {
 }
 
 /// Handles an Auth frame: runs the policy, replaces the session whole, or closes.
+#[inline(never)]
 pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
     let id = frame.id;
     if conn.role != super::Role::Acceptor || conn.is_local_id(id) {

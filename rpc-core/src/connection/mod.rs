@@ -387,6 +387,7 @@ impl ConnShared {
     }
 
     /// Counts a protocol violation; past the budget the connection is closed.
+    #[inline(never)]
     pub(crate) fn protocol_error(&self, id: u32, what: &str) {
         tracing::warn!(connection = self.id, call = id, "protocol error: {what}");
         if id != 0 {
@@ -421,6 +422,7 @@ impl ConnShared {
     }
 
     /// Answers a frame sent before authentication: one `Unauthenticated` error, then close.
+    #[inline(never)]
     fn refuse_unauthenticated(&self, id: u32) {
         if self.preauth_strikes.fetch_add(1, Ordering::AcqRel) == 0 && id != 0 {
             self.send_error(id, &RpcError::unauthenticated("authenticate before calling"));
@@ -440,6 +442,28 @@ impl ConnShared {
             _ => RpcError::protocol(reason.to_string()),
         };
         self.close(error, Some(GoAway { code, reason: reason.to_string() }));
+    }
+
+    /// Handles a GoAway: a draining remote lets calls in flight finish; any other code
+    /// closes the connection with the error it names.
+    #[inline(never)]
+    fn on_goaway(&self, frame: &Frame) {
+        let goaway = GoAway::decode(&frame.body).unwrap_or(GoAway {
+            code: GoAwayCode::ProtocolError,
+            reason: "malformed GoAway".into(),
+        });
+        if goaway.code == GoAwayCode::ShuttingDown {
+            // Calls in flight finish; new calls go elsewhere.
+            self.draining.store(true, Ordering::Relaxed);
+        } else {
+            let reason = format!("the remote closed the connection: {}", goaway.reason);
+            let error = match goaway.code {
+                GoAwayCode::Unauthenticated => RpcError::unauthenticated(reason),
+                GoAwayCode::TooLarge => RpcError::too_large(reason),
+                _ => RpcError::disconnected(reason),
+            };
+            self.close(error, None);
+        }
     }
 
     /// Handles one received frame. Never awaits: work that waits runs in its own task.
@@ -467,24 +491,7 @@ impl ConnShared {
                 let _ = self.outbox.push(Kind::Pong, frame.id, None, |_| Ok(()));
             }
             Kind::Pong => {}
-            Kind::GoAway => {
-                let goaway = GoAway::decode(&frame.body).unwrap_or(GoAway {
-                    code: GoAwayCode::ProtocolError,
-                    reason: "malformed GoAway".into(),
-                });
-                if goaway.code == GoAwayCode::ShuttingDown {
-                    // Calls in flight finish; new calls go elsewhere.
-                    self.draining.store(true, Ordering::Relaxed);
-                } else {
-                    let reason = format!("the remote closed the connection: {}", goaway.reason);
-                    let error = match goaway.code {
-                        GoAwayCode::Unauthenticated => RpcError::unauthenticated(reason),
-                        GoAwayCode::TooLarge => RpcError::too_large(reason),
-                        _ => RpcError::disconnected(reason),
-                    };
-                    self.close(error, None);
-                }
-            }
+            Kind::GoAway => self.on_goaway(&frame),
             Kind::Auth => inbound::authenticate(self, frame),
             Kind::PeerRegister | Kind::PeerUnregister if self.role == Role::Acceptor => {
                 crate::kernel::router::handle_registration(self, frame)

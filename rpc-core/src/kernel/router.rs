@@ -57,6 +57,7 @@ fn unreachable_peer(alias: &str) -> RpcError {
 }
 
 /// Handles PeerRegister (`[alias]`) and PeerUnregister (`[]`) from a client.
+#[inline(never)]
 pub(crate) fn handle_registration(conn: &Arc<ConnShared>, frame: Frame) {
     let id = frame.id;
     if conn.is_local_id(id) || id == 0 {
