@@ -1,8 +1,9 @@
 //! Side-by-side benchmarks: ours (TCP, WebSocket, in-memory) against raw tokio, raw
-//! tokio-tungstenite, tarpc, jsonrpsee and tonic, in one process over 127.0.0.1.
+//! tokio-tungstenite, tarpc, jsonrpsee, tonic and a lean multiplexing client on raw's wire,
+//! in one process over 127.0.0.1.
 //!
 //! ```text
-//! cd benches && cargo run --release                 # everything (about 5 minutes)
+//! cd benches && cargo run --release                 # everything (about 7 minutes)
 //! cargo run --release -- --quick                    # a fast smoke run
 //! cargo run --release -- --systems raw,ours-tcp --workloads unary,t64 --placement same
 //! cargo run --release -- --workloads idle           # server memory per idle connection
