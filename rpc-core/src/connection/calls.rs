@@ -202,6 +202,7 @@ pub(crate) struct CallSpec<'a, A: ?Sized> {
 }
 
 impl<A: ?Sized> CallSpec<'_, A> {
+    #[cold]
     fn timeout_error(&self) -> RpcError {
         RpcError::new(
             ErrorKind::Timeout,

@@ -1,6 +1,7 @@
 //! Moves bytes: the handshake, the read loop (bytes in, frames to the connection) and the
 //! writer (the outbox's batches out). This is the only place that awaits I/O.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -164,7 +165,7 @@ pub(crate) async fn accept_with<T: Transport>(
         match security.session_for_connection(&connection).await {
             Ok(None) => {}
             Ok(Some(session)) => {
-                *shared.session.write() = std::sync::Arc::new(session);
+                shared.set_session(session);
                 shared.frame_limit.store(shared.limits.frame_limit(), Ordering::Release);
                 shared.authenticated.store(true, Ordering::Release);
             }
@@ -254,15 +255,8 @@ async fn read_loop<R: TransportReader>(
     mut decoder: FrameDecoder,
 ) {
     let limits = shared.limits.clone();
-    let mut last_read = Instant::now();
-    let mut frame_started: Option<Instant> = None;
-    let mut pings_unanswered = 0u32;
-    let auth_deadline = last_read + limits.auth_timeout;
-    let mut next_check = last_read + limits.keepalive_interval.min(limits.frame_timeout);
-    if !shared.authenticated.load(Ordering::Acquire) {
-        next_check = next_check.min(last_read + limits.auth_timeout);
-    }
-    let timer = tokio::time::sleep_until(next_check);
+    let mut watch = Watch::new(&shared, &limits);
+    let timer = tokio::time::sleep_until(watch.next_check);
     tokio::pin!(timer);
 
     // Frames that arrived with the handshake.
@@ -286,8 +280,7 @@ async fn read_loop<R: TransportReader>(
                     // the answer to its Auth).
                     decoder.set_limit(shared.frame_limit.load(Ordering::Acquire));
                     shared.kernel.stats_received(n as u64);
-                    last_read = Instant::now();
-                    pings_unanswered = 0;
+                    let now = watch.read_at();
                     let Some(mut completed) = drain_some_frames(&shared, &mut decoder, FRAMES_BEFORE_YIELD) else { break };
                     if completed == FRAMES_BEFORE_YIELD {
                         // Let the writer send the first answers (see FRAMES_BEFORE_YIELD).
@@ -298,12 +291,7 @@ async fn read_loop<R: TransportReader>(
                         let Some(rest) = drain_frames(&shared, &mut decoder) else { break };
                         completed += rest;
                     }
-                    // The frame deadline runs from the moment a frame's first bytes arrived.
-                    frame_started = match (decoder.in_frame(), completed > 0) {
-                        (false, _) => None,
-                        (true, true) => Some(last_read),
-                        (true, false) => frame_started.or(Some(last_read)),
-                    };
+                    watch.frames_handled(now, decoder.in_frame(), completed);
                 }
                 Err(e) => {
                     shared.close(RpcError::disconnected(format!("read failed: {e}")), None);
@@ -311,55 +299,150 @@ async fn read_loop<R: TransportReader>(
                 }
             },
             _ = &mut timer => {
-                let now = Instant::now();
-                super::chunks::sweep_idle(&shared, limits.frame_timeout);
-                if shared.session.read().expires_at().is_some_and(|at| now >= at) {
-                    shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication expired");
+                if watch.on_timer(&shared, &limits).is_break() {
                     break;
                 }
-                if !shared.authenticated.load(Ordering::Acquire) && now >= auth_deadline {
-                    shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication timeout (Limits::auth_timeout)");
-                    break;
-                }
-                if let Some(started) = frame_started && now >= started + limits.frame_timeout {
-                    shared.close_with_goaway(GoAwayCode::FrameTimeout, "a frame did not complete in time (Limits::frame_timeout)");
-                    break;
-                }
-                if now >= last_read + limits.keepalive_interval * (pings_unanswered + 1) {
-                    if pings_unanswered >= limits.keepalive_misses {
-                        shared.close(RpcError::disconnected(format!(
-                            "the remote did not answer {pings_unanswered} pings (Limits::keepalive_interval)"
-                        )), Some(GoAway { code: GoAwayCode::KeepaliveTimeout, reason: "keepalive timeout".into() }));
-                        break;
-                    }
-                    pings_unanswered += 1;
-                    let _ = shared.outbox.push(Kind::Ping, pings_unanswered, None, |_| Ok(()));
-                }
-                let keepalive_due = last_read + limits.keepalive_interval * (pings_unanswered + 1);
-                next_check = match frame_started {
-                    Some(started) => keepalive_due.min(started + limits.frame_timeout),
-                    None => keepalive_due,
-                };
-                if !shared.authenticated.load(Ordering::Acquire) {
-                    next_check = next_check.min(auth_deadline);
-                }
-                timer.as_mut().reset(next_check);
+                timer.as_mut().reset(watch.next_check);
             }
         }
-        // A session that expires before the next check moves the check (re-authentication
-        // may have changed it).
-        if let Some(at) = shared.session.read().expires_at()
-            && at < next_check
-        {
-            next_check = at;
-            timer.as_mut().reset(next_check);
+        // A new session (authentication) may expire before the next check, and a frame left
+        // incomplete must complete in time: either moves the check earlier.
+        if watch.reschedule(&shared, &limits) {
+            timer.as_mut().reset(watch.next_check);
         }
-        if let Some(started) = frame_started
-            && started + limits.frame_timeout < next_check
-        {
-            next_check = started + limits.frame_timeout;
-            timer.as_mut().reset(next_check);
+    }
+}
+
+/// The read loop's deadlines: keepalive, frame completion, authentication and the
+/// session's expiry. The checks run when the loop's one timer fires (rarely), so they are
+/// kept out of the loop's body, which runs on every read.
+struct Watch {
+    last_read: Instant,
+    /// When the first bytes of the frame still incomplete arrived.
+    frame_started: Option<Instant>,
+    pings_unanswered: u32,
+    auth_deadline: Instant,
+    /// When the timer fires next.
+    next_check: Instant,
+}
+
+impl Watch {
+    fn new(shared: &ConnShared, limits: &crate::Limits) -> Watch {
+        let now = Instant::now();
+        let mut next_check = now + limits.keepalive_interval.min(limits.frame_timeout);
+        if !shared.authenticated.load(Ordering::Acquire) {
+            next_check = next_check.min(now + limits.auth_timeout);
         }
+        if let Some(at) = shared.session.read().expires_at() {
+            next_check = next_check.min(at);
+        }
+        Watch {
+            last_read: now,
+            frame_started: None,
+            pings_unanswered: 0,
+            auth_deadline: now + limits.auth_timeout,
+            next_check,
+        }
+    }
+
+    /// Records a read: the remote is alive.
+    fn read_at(&mut self) -> Instant {
+        self.last_read = Instant::now();
+        self.pings_unanswered = 0;
+        self.last_read
+    }
+
+    /// Records the frames a read completed: the frame deadline runs from the moment a
+    /// frame's first bytes arrived.
+    fn frames_handled(&mut self, read_at: Instant, in_frame: bool, completed: usize) {
+        self.frame_started = match (in_frame, completed > 0) {
+            (false, _) => None,
+            (true, true) => Some(read_at),
+            (true, false) => self.frame_started.or(Some(read_at)),
+        };
+    }
+
+    /// Moves the next check earlier if a new session or an incomplete frame needs it; true
+    /// if it moved.
+    fn reschedule(&mut self, shared: &ConnShared, limits: &crate::Limits) -> bool {
+        let mut moved = false;
+        if shared.session_changed.load(Ordering::Acquire)
+            && shared.session_changed.swap(false, Ordering::AcqRel)
+            && let Some(at) = shared.session.read().expires_at()
+            && at < self.next_check
+        {
+            self.next_check = at;
+            moved = true;
+        }
+        if let Some(started) = self.frame_started
+            && started + limits.frame_timeout < self.next_check
+        {
+            self.next_check = started + limits.frame_timeout;
+            moved = true;
+        }
+        moved
+    }
+
+    /// The timer fired: closes the connection if a deadline passed, sends a keepalive ping
+    /// if the remote has been quiet, and computes the next check. `Break` once closed.
+    #[cold]
+    #[inline(never)]
+    fn on_timer(&mut self, shared: &Arc<ConnShared>, limits: &crate::Limits) -> ControlFlow<()> {
+        let now = Instant::now();
+        super::chunks::sweep_idle(shared, limits.frame_timeout);
+        let expires_at = shared.session.read().expires_at();
+        if expires_at.is_some_and(|at| now >= at) {
+            shared.close_with_goaway(GoAwayCode::Unauthenticated, "authentication expired");
+            return ControlFlow::Break(());
+        }
+        let authenticated = shared.authenticated.load(Ordering::Acquire);
+        if !authenticated && now >= self.auth_deadline {
+            shared.close_with_goaway(
+                GoAwayCode::Unauthenticated,
+                "authentication timeout (Limits::auth_timeout)",
+            );
+            return ControlFlow::Break(());
+        }
+        if let Some(started) = self.frame_started
+            && now >= started + limits.frame_timeout
+        {
+            shared.close_with_goaway(
+                GoAwayCode::FrameTimeout,
+                "a frame did not complete in time (Limits::frame_timeout)",
+            );
+            return ControlFlow::Break(());
+        }
+        if now >= self.last_read + limits.keepalive_interval * (self.pings_unanswered + 1) {
+            if self.pings_unanswered >= limits.keepalive_misses {
+                shared.close(
+                    RpcError::disconnected(format!(
+                        "the remote did not answer {} pings (Limits::keepalive_interval)",
+                        self.pings_unanswered
+                    )),
+                    Some(GoAway {
+                        code: GoAwayCode::KeepaliveTimeout,
+                        reason: "keepalive timeout".into(),
+                    }),
+                );
+                return ControlFlow::Break(());
+            }
+            self.pings_unanswered += 1;
+            let _ = shared.outbox.push(Kind::Ping, self.pings_unanswered, None, |_| Ok(()));
+        }
+        let keepalive_due =
+            self.last_read + limits.keepalive_interval * (self.pings_unanswered + 1);
+        self.next_check = match self.frame_started {
+            Some(started) => keepalive_due.min(started + limits.frame_timeout),
+            None => keepalive_due,
+        };
+        if !authenticated {
+            self.next_check = self.next_check.min(self.auth_deadline);
+        }
+        // The session's expiry is a deadline too (re-authentication may have changed it).
+        if let Some(at) = expires_at {
+            self.next_check = self.next_check.min(at);
+        }
+        ControlFlow::Continue(())
     }
 }
 

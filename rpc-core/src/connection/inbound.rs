@@ -789,7 +789,7 @@ pub(crate) fn authenticate(conn: &Arc<ConnShared>, frame: Frame) {
             Ok(session) => {
                 let name = session.username().to_string();
                 // The new session replaces the old one whole.
-                *conn.session.write() = Arc::new(session);
+                conn.set_session(session);
                 conn.frame_limit
                     .store(conn.limits.frame_limit(), std::sync::atomic::Ordering::Release);
                 conn.authenticated.store(true, std::sync::atomic::Ordering::Release);

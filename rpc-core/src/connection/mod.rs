@@ -123,6 +123,9 @@ pub(crate) struct ConnShared {
     pub(crate) stream_slots: Arc<slots::Slots>,
     /// Whether the remote may call actions (anonymous access allowed, or authenticated).
     pub(crate) authenticated: AtomicBool,
+    /// Set whenever `session` is replaced, for the read loop to look at its expiry then
+    /// instead of taking the session's lock on every read ([`ConnShared::set_session`]).
+    pub(crate) session_changed: AtomicBool,
     /// Frames sent before authenticating that were not allowed then.
     preauth_strikes: AtomicU32,
     /// An Auth request is being checked (one at a time).
@@ -202,6 +205,7 @@ impl ConnShared {
             chunk_senders: Mutex::new(IdMap::default()),
             reassembly: Mutex::new(IdMap::default()),
             authenticated: AtomicBool::new(true),
+            session_changed: AtomicBool::new(false),
             preauth_strikes: AtomicU32::new(0),
             // A server calls back at most `max_calls_to_client` at once, whatever the client
             // would accept.
@@ -250,7 +254,15 @@ impl ConnShared {
         !self.is_closed() && !self.draining.load(Ordering::Relaxed)
     }
 
+    /// Replaces the remote's session whole (after authentication) and tells the read loop,
+    /// which schedules the check of its expiry.
+    pub(crate) fn set_session(&self, session: Session) {
+        *self.session.write() = Arc::new(session);
+        self.session_changed.store(true, Ordering::Release);
+    }
+
     /// The error calls see once the connection is gone.
+    #[cold]
     pub(crate) fn disconnect_error(&self) -> RpcError {
         match &*self.close_reason.lock() {
             Some(e) if matches!(e.kind(), ErrorKind::Disconnected | ErrorKind::Unauthenticated) => {
@@ -329,6 +341,7 @@ impl ConnShared {
     ///
     /// Every error to the remote goes through here, so the policy's `transform_error`
     /// applies to all of them.
+    #[cold]
     pub(crate) fn send_error(&self, id: u32, error: &RpcError) {
         let error = &self.kernel.present_error(error.clone());
         let pushed = self.outbox.push(Kind::Error, id, None, |buf| {
@@ -387,6 +400,7 @@ impl ConnShared {
     }
 
     /// Counts a protocol violation; past the budget the connection is closed.
+    #[cold]
     #[inline(never)]
     pub(crate) fn protocol_error(&self, id: u32, what: &str) {
         tracing::warn!(connection = self.id, call = id, "protocol error: {what}");
@@ -407,6 +421,7 @@ impl ConnShared {
     }
 
     /// Counts one violation toward `Limits::max_protocol_errors` per minute.
+    #[cold]
     pub(crate) fn strike(&self) {
         let over = {
             let mut errors = self.errors.lock();
@@ -422,6 +437,7 @@ impl ConnShared {
     }
 
     /// Answers a frame sent before authentication: one `Unauthenticated` error, then close.
+    #[cold]
     #[inline(never)]
     fn refuse_unauthenticated(&self, id: u32) {
         if self.preauth_strikes.fetch_add(1, Ordering::AcqRel) == 0 && id != 0 {
