@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
+use super::alarm::Alarm;
 use super::{ConnShared, Connection, Role};
 use crate::error::RpcError;
 use crate::kernel::RpcKernel;
@@ -256,8 +257,7 @@ async fn read_loop<R: TransportReader>(
 ) {
     let limits = shared.limits.clone();
     let mut watch = Watch::new(&shared, &limits);
-    let timer = tokio::time::sleep_until(watch.next_check);
-    tokio::pin!(timer);
+    let mut timer = Alarm::at(watch.next_check, shared.runtime_timers);
 
     // Frames that arrived with the handshake.
     decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));
@@ -302,13 +302,13 @@ async fn read_loop<R: TransportReader>(
                 if watch.on_timer(&shared, &limits).is_break() {
                     break;
                 }
-                timer.as_mut().reset(watch.next_check);
+                timer.reset(watch.next_check);
             }
         }
         // A new session (authentication) may expire before the next check, and a frame left
         // incomplete must complete in time: either moves the check earlier.
         if watch.reschedule(&shared, &limits) {
-            timer.as_mut().reset(watch.next_check);
+            timer.reset(watch.next_check);
         }
     }
 }

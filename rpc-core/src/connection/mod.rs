@@ -4,6 +4,7 @@
 //! - `producer`: sends a local stream's items within the remote's credit, batched.
 //! - `calls`: calls this side started (ids, pending table, cancellation).
 //! - `deadlines`: the one timer per connection that times those calls out.
+//! - `alarm`: the thread that serves the connections' deadlines, off the runtime's timers.
 //! - `slots`: the calls-in-flight budget the remote granted.
 //! - `inbound`: calls the remote started (dispatch to the kernel, slots, cancellation).
 //! - `driver`: the handshake and the read and write loops that move bytes.
@@ -11,6 +12,7 @@
 //! Call ids: the side that dialed allocates odd ids, the side that accepted even ids, so both
 //! can start calls at once without colliding (`PROTOCOL.md`, "Call ids").
 
+pub(crate) mod alarm;
 pub(crate) mod calls;
 pub(crate) mod chunks;
 pub(crate) mod deadlines;
@@ -94,6 +96,9 @@ pub(crate) struct ConnShared {
     pub(crate) outbound: Mutex<IdMap<Pending>>,
     /// When the unary calls in `outbound` time out.
     pub(crate) deadlines: deadlines::CallDeadlines,
+    /// Whether this connection's deadlines use the runtime's timers (its clock was paused
+    /// when the connection started) rather than the alarm thread; see [`alarm`].
+    pub(crate) runtime_timers: bool,
     /// The remote accepts Items frames (several stream items per frame).
     pub(crate) batch_items: bool,
     pub(crate) inbound: Mutex<IdMap<Inbound>>,
@@ -184,6 +189,7 @@ impl ConnShared {
             next_id: AtomicU32::new(if role == Role::Dialer { 1 } else { 2 }),
             outbound: Mutex::new(IdMap::default()),
             deadlines: deadlines::CallDeadlines::new(),
+            runtime_timers: alarm::runtime_clock_is_paused(),
             batch_items: remote.features & crate::protocol::message::FEATURE_ITEM_BATCHES != 0,
             inbound: Mutex::new(IdMap::default()),
             session: RwLock::new(Arc::new(Session::anonymous())),
