@@ -541,6 +541,28 @@ async fn n1_silent_peer_is_detected_by_keepalive() {
     assert_baseline(&kernel, Duration::from_secs(1)).await;
 }
 
+/// N1 on a running clock, with a 100 ms keepalive and one miss allowed. A connection that
+/// starts on a running clock has its deadlines served by the alarm thread (`connection::alarm`);
+/// n1 runs on a paused clock, which keeps the runtime's timers. The silent peer is pinged at
+/// 100 ms and closed at 200 ms.
+#[tokio::test]
+async fn n1_real_time_silent_peer_is_detected_by_the_alarm_thread() {
+    let interval = Duration::from_millis(100);
+    let (kernel, _) = server(limits().keepalive_interval(interval).keepalive_misses(1), true);
+    let started = Instant::now();
+    let mut peer = RawPeer::connect(&kernel).await;
+    let closed = peer.closed_within(Duration::from_secs(5)).await;
+    assert_goaway(&closed, GoAwayCode::KeepaliveTimeout);
+    assert!(
+        closed.frames.iter().any(|f| f.kind == Kind::Ping),
+        "no ping before the close: {closed:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(elapsed >= interval * 2, "closed before two intervals: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert_baseline(&kernel, Duration::from_secs(1)).await;
+}
+
 /// N2 (approximation): a 20 s stall below the keepalive window loses nothing.
 #[tokio::test(start_paused = true)]
 async fn n2_short_stall_loses_nothing() {
