@@ -243,7 +243,15 @@ impl Clockwork {
                                 if entry.armed.load(Ordering::Acquire) == item.generation =>
                             {
                                 entry.fired.fetch_max(item.generation, Ordering::AcqRel);
-                                entry.waker.wake();
+                                // Every connection's deadlines depend on this thread: a
+                                // waker that panics must not end it.
+                                let woken =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        entry.waker.wake()
+                                    }));
+                                if woken.is_err() {
+                                    tracing::error!("a task's waker panicked when its alarm fired");
+                                }
                             }
                             // Superseded or dropped: one stale item fewer.
                             _ => {
@@ -343,6 +351,24 @@ mod tests {
         // Other tests share the thread: allow their few live alarms.
         assert!(queued <= 3 * COMPACT_ABOVE, "{queued} items queued");
         within_2s(thread_alarm(Duration::from_millis(10))).await;
+    }
+
+    #[tokio::test]
+    async fn a_waker_that_panics_does_not_stop_the_thread() {
+        struct Panics;
+        impl futures::task::ArcWake for Panics {
+            fn wake_by_ref(_: &Arc<Self>) {
+                panic!("this waker panics on purpose");
+            }
+        }
+        let waker = futures::task::waker(Arc::new(Panics));
+        let mut cx = Context::from_waker(&waker);
+        let mut doomed = thread_alarm(Duration::from_millis(5));
+        assert!(Pin::new(&mut doomed).poll(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The thread fired `doomed` (its waker panicked) and still serves the next alarm.
+        within_2s(thread_alarm(Duration::from_millis(10))).await;
+        assert!(Pin::new(&mut doomed).poll(&mut cx).is_ready());
     }
 
     #[tokio::test]
