@@ -69,7 +69,7 @@ impl Alarm {
             fired: AtomicU64::new(0),
             waker: AtomicWaker::new(),
         });
-        Clockwork::get().arm(deadline.into_std(), 1, &entry);
+        Clockwork::get().arm(on_thread_clock(deadline), 1, &entry);
         Alarm { inner: Inner::Thread { entry, generation: 1 } }
     }
 
@@ -85,7 +85,7 @@ impl Alarm {
                 }
                 *generation += 1;
                 entry.armed.store(*generation, Ordering::Release);
-                clockwork.arm(deadline.into_std(), *generation, entry);
+                clockwork.arm(on_thread_clock(deadline), *generation, entry);
             }
         }
     }
@@ -121,6 +121,13 @@ impl Future for Alarm {
             }
         }
     }
+}
+
+/// `deadline` on the alarm thread's clock. Tokio's clock may be ahead of the OS's (a test
+/// that paused it, advanced it and resumed it), so the deadline is carried over as a
+/// distance from now rather than as the same instant.
+fn on_thread_clock(deadline: Instant) -> std::time::Instant {
+    std::time::Instant::now() + deadline.saturating_duration_since(Instant::now())
 }
 
 /// Whether the current runtime's clock is paused, so that only its own timers fire.
@@ -369,6 +376,16 @@ mod tests {
         // The thread fired `doomed` (its waker panicked) and still serves the next alarm.
         within_2s(thread_alarm(Duration::from_millis(10))).await;
         assert!(Pin::new(&mut doomed).poll(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_clock_resumed_ahead_of_the_os_clock_keeps_alarms_relative() {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        tokio::time::resume();
+        let start = std::time::Instant::now();
+        within_2s(thread_alarm(Duration::from_millis(20))).await;
+        assert!(start.elapsed() >= Duration::from_millis(20), "{:?}", start.elapsed());
     }
 
     #[tokio::test]
