@@ -4,9 +4,10 @@
 //! length is trusted beyond the bytes present, and nothing may trail the value. The crate's
 //! serde decoder (`protocol::msgpack`) enforces all three as it reads, so hostile input can
 //! neither overflow the stack nor make serde pre-allocate more than the frame's size.
-//! A call's arguments and a stream's items also pass a non-recursive pre-scan
-//! ([`scan_value`], [`prescan`]) before anyone decodes them: it finds where each ends in
-//! its frame and counts its values, which decides whether a call is run inline.
+//! A call's argument array also passes a non-recursive pre-scan ([`scan_value`]) when its
+//! head is read: it finds where the array ends in the frame and counts its values, which
+//! decides whether the call is run inline. [`prescan`] checks a value without decoding it
+//! (an Auth token, kept raw for the policy).
 
 use bytes::BytesMut;
 use serde::Serialize;

@@ -4,9 +4,9 @@
 //! It reads what `rmp_serde` reads (every marker, structs as maps or arrays, enums as a
 //! variant's name or `{variant: value}`, `i128`/`u128` as integers or 16 bytes of `bin`)
 //! and hands visitors the same calls, so a type's `Deserialize` sees no difference.
-//! Every read is bounds-checked and nesting is limited, so it is safe on any input; the
-//! crate runs it after [`prescan`](crate::protocol::codec::prescan), which has already
-//! refused bodies that are malformed, too deep or declare lengths beyond their bytes.
+//! Every read is bounds-checked, nesting is limited and no declared length is trusted beyond
+//! the bytes present (see `Decoder::promise`), so it is safe on any input without a
+//! pre-scan.
 
 use std::cell::Cell;
 

@@ -10,8 +10,8 @@
 //! field name): both encoders write the same bytes for the same value, and a value either
 //! one wrote decodes the same with either. The tests below hold both to it.
 //!
-//! [`codec`](super::codec) is the way in: its functions pre-scan what they decode and map
-//! this module's [`Error`] to the crate's error types.
+//! [`codec`](super::codec) is the way in: its functions apply the depth limit, refuse
+//! trailing bytes and map this module's [`Error`] to the crate's error types.
 
 mod decode;
 mod encode;
