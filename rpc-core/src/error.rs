@@ -133,7 +133,6 @@ struct ErrorParts {
 
 impl RpcError {
     /// An error of `kind` with a message saying what happened.
-    #[cold]
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RpcError {
         RpcError(Box::new(ErrorParts {
             kind,
@@ -145,55 +144,46 @@ impl RpcError {
     }
 
     /// Authentication failed or is required (for [`Security::authenticate`](crate::Security)).
-    #[cold]
     pub fn unauthenticated(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Unauthenticated, message)
     }
 
     /// The policy denies this.
-    #[cold]
     pub fn access_denied(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::AccessDenied, message)
     }
 
     /// A failure the caller gets no detail about.
-    #[cold]
     pub fn internal(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Internal, message)
     }
 
     /// No controller, action or peer of that name.
-    #[cold]
     pub fn not_found(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::NotFound, message)
     }
 
     /// Arguments that did not decode.
-    #[cold]
     pub fn bad_arguments(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::BadArguments, message)
     }
 
     /// The connection is gone.
-    #[cold]
     pub fn disconnected(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Disconnected, message)
     }
 
     /// The other side broke the protocol.
-    #[cold]
     pub fn protocol(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Protocol, message)
     }
 
     /// A limit was hit; `message` should name the limit.
-    #[cold]
     pub fn too_large(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::TooLarge, message)
     }
 
     /// A concurrency limit was hit.
-    #[cold]
     pub fn busy(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Busy, message)
     }

@@ -347,7 +347,6 @@ impl ConnShared {
     ///
     /// Every error to the remote goes through here, so the policy's `transform_error`
     /// applies to all of them.
-    #[cold]
     pub(crate) fn send_error(&self, id: u32, error: &RpcError) {
         let error = &self.kernel.present_error(error.clone());
         let pushed = self.outbox.push(Kind::Error, id, None, |buf| {
