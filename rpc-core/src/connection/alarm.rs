@@ -78,14 +78,10 @@ impl Alarm {
         match &mut self.inner {
             Inner::Runtime(sleep) => sleep.as_mut().reset(deadline),
             Inner::Thread { entry, generation } => {
-                let clockwork = Clockwork::get();
-                if entry.fired.load(Ordering::Acquire) < *generation {
-                    // The item armed until now is still queued.
-                    clockwork.stale.fetch_add(1, Ordering::Relaxed);
-                }
+                retire(entry, *generation);
                 *generation += 1;
                 entry.armed.store(*generation, Ordering::Release);
-                clockwork.arm(on_thread_clock(deadline), *generation, entry);
+                Clockwork::get().arm(on_thread_clock(deadline), *generation, entry);
             }
         }
     }
@@ -93,12 +89,17 @@ impl Alarm {
 
 impl Drop for Alarm {
     fn drop(&mut self) {
-        if let Inner::Thread { entry, generation } = &self.inner
-            && entry.fired.load(Ordering::Acquire) < *generation
-        {
-            // Its item is still queued, now stale.
-            Clockwork::get().stale.fetch_add(1, Ordering::Relaxed);
+        if let Inner::Thread { entry, generation } = &self.inner {
+            retire(entry, *generation);
         }
+    }
+}
+
+/// Counts `generation`'s item as stale (superseded or dropped) if it is still queued,
+/// that is, if it has not fired.
+fn retire(entry: &Entry, generation: u64) {
+    if entry.fired.load(Ordering::Acquire) < generation {
+        Clockwork::get().stale.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -152,9 +153,10 @@ struct Item {
 }
 
 impl Item {
-    /// Whether this item is its alarm's current deadline.
-    fn is_live(&self) -> bool {
-        self.entry.upgrade().is_some_and(|e| e.armed.load(Ordering::Acquire) == self.generation)
+    /// Its alarm, if this item is that alarm's current deadline (not superseded by a reset,
+    /// and the alarm not dropped).
+    fn live_entry(&self) -> Option<Arc<Entry>> {
+        self.entry.upgrade().filter(|e| e.armed.load(Ordering::Acquire) == self.generation)
     }
 }
 
@@ -219,7 +221,7 @@ impl Clockwork {
         let mut queue = self.queue.lock();
         let stale = self.stale.load(Ordering::Relaxed);
         if queue.len() > COMPACT_ABOVE && stale * 2 > queue.len() {
-            queue.retain(Item::is_live);
+            queue.retain(|item| item.live_entry().is_some());
             self.stale.store(0, Ordering::Relaxed);
         }
         let wake = queue.peek().is_none_or(|top| deadline < top.deadline);
@@ -227,6 +229,22 @@ impl Clockwork {
         drop(queue);
         if wake {
             self.earlier.notify_one();
+        }
+    }
+
+    /// Completes a due item's alarm and wakes its task; a stale item only leaves the count.
+    fn fire(&self, item: Item) {
+        let Some(entry) = item.live_entry() else {
+            let _ =
+                self.stale.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            return;
+        };
+        entry.fired.fetch_max(item.generation, Ordering::AcqRel);
+        // Every connection's deadlines depend on this thread: a waker that panics must not
+        // end it.
+        let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.waker.wake()));
+        if woken.is_err() {
+            tracing::error!("a task's waker panicked when its alarm fired");
         }
     }
 
@@ -244,32 +262,7 @@ impl Clockwork {
             if !due.is_empty() {
                 // Wake the tasks without holding the queue: waking may run scheduler code.
                 parking_lot::MutexGuard::unlocked(&mut queue, || {
-                    for item in due.drain(..) {
-                        match item.entry.upgrade() {
-                            Some(entry)
-                                if entry.armed.load(Ordering::Acquire) == item.generation =>
-                            {
-                                entry.fired.fetch_max(item.generation, Ordering::AcqRel);
-                                // Every connection's deadlines depend on this thread: a
-                                // waker that panics must not end it.
-                                let woken =
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        entry.waker.wake()
-                                    }));
-                                if woken.is_err() {
-                                    tracing::error!("a task's waker panicked when its alarm fired");
-                                }
-                            }
-                            // Superseded or dropped: one stale item fewer.
-                            _ => {
-                                let _ = self.stale.fetch_update(
-                                    Ordering::Relaxed,
-                                    Ordering::Relaxed,
-                                    |n| n.checked_sub(1),
-                                );
-                            }
-                        }
-                    }
+                    due.drain(..).for_each(|item| self.fire(item))
                 });
                 continue;
             }
