@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
 use super::Rpc;
-use super::raw::{OP_ID_BYTES, OP_ID_ECHO, encode_body, next_frame};
+use super::raw::{OP_ID_BYTES, OP_ID_ECHO, encode_id_frame, next_frame};
 use crate::proto::{Small, payload, small};
 
 struct Shared {
@@ -74,20 +75,11 @@ impl Lean {
     }
 
     /// Sends one call and waits for its answer's body.
-    async fn call(&self, op: u8, encode: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    async fn call<T: Serialize + ?Sized>(&self, op: u8, value: &T) -> BytesMut {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().unwrap().insert(id, tx);
-        {
-            let mut out = self.shared.out.lock().unwrap();
-            let start = out.len();
-            out.put_u32(0);
-            out.put_u8(op);
-            out.put_u32(id);
-            encode(&mut out);
-            let len = (out.len() - start - 4) as u32;
-            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        }
+        encode_id_frame(&mut self.shared.out.lock().unwrap(), op, id, value);
         self.shared.queued.notify_one();
         rx.await.expect("the connection closed")
     }
@@ -95,14 +87,14 @@ impl Lean {
 
 impl Rpc for Lean {
     async fn echo(&self) {
-        let body = self.call(OP_ID_ECHO, |out| encode_body(out, &self.small)).await;
+        let body = self.call(OP_ID_ECHO, &self.small).await;
         let r: Small = rmp_serde::from_slice(&body).unwrap();
         debug_assert_eq!(r, self.small);
     }
 
     async fn echo_bytes(&self) {
         let data = serde_bytes::Bytes::new(&self.data);
-        let body = self.call(OP_ID_BYTES, |out| encode_body(out, data)).await;
+        let body = self.call(OP_ID_BYTES, data).await;
         let b: &serde_bytes::Bytes = rmp_serde::from_slice(&body).unwrap();
         assert_eq!(b.len(), self.data.len());
     }

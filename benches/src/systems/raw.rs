@@ -31,14 +31,26 @@ const END: u8 = 5;
 const ID_ECHO: u8 = 6;
 const ID_BYTES: u8 = 7;
 
-pub(crate) fn encode_body<T: Serialize + ?Sized>(out: &mut BytesMut, v: &T) {
+fn encode_body<T: Serialize + ?Sized>(out: &mut BytesMut, v: &T) {
     rmp_serde::encode::write_named(&mut out.writer(), v).expect("encode");
 }
 
 fn encode_frame<T: Serialize + ?Sized>(out: &mut BytesMut, op: u8, v: &T) {
+    write_frame(out, op, None, v);
+}
+
+/// A frame of the ops that carry a call id (ops 6 and 7, the lean client's).
+pub(crate) fn encode_id_frame<T: Serialize + ?Sized>(out: &mut BytesMut, op: u8, id: u32, v: &T) {
+    write_frame(out, op, Some(id), v);
+}
+
+fn write_frame<T: Serialize + ?Sized>(out: &mut BytesMut, op: u8, id: Option<u32>, v: &T) {
     let start = out.len();
     out.put_u32(0);
     out.put_u8(op);
+    if let Some(id) = id {
+        out.put_u32(id);
+    }
     encode_body(out, v);
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -76,19 +88,14 @@ fn answer(op: u8, body: &[u8], out: &mut BytesMut) -> u64 {
         STREAM => rmp_serde::from_slice(body).expect("decode n"),
         ID_ECHO | ID_BYTES => {
             let (id, body) = body.split_at(4);
-            let start = out.len();
-            out.put_u32(0);
-            out.put_u8(op);
-            out.put_slice(id);
+            let id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
             if op == ID_ECHO {
                 let s: Small = rmp_serde::from_slice(body).expect("decode small");
-                encode_body(out, &s);
+                encode_id_frame(out, op, id, &s);
             } else {
                 let b: &serde_bytes::Bytes = rmp_serde::from_slice(body).expect("decode bytes");
-                encode_body(out, b);
+                encode_id_frame(out, op, id, b);
             }
-            let len = (out.len() - start - 4) as u32;
-            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
             0
         }
         _ => panic!("raw server: unknown op {op}"),
