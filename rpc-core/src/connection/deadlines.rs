@@ -9,7 +9,7 @@
 //! dropped from the table (their waiting caller sees its answer channel close after the
 //! deadline and reports a timeout), and the sleep is set to the earliest deadline left.
 //!
-//! The sleep is an [`Alarm`], served off the runtime's timer wheel (see [`super::alarm`]).
+//! The sleep is an alarm, served off the runtime's timer wheel (see [`super::alarm`]).
 //! Registering costs one atomic `fetch_min`; the scan runs at most once per deadline that
 //! actually comes due, batching calls whose deadlines fall within a millisecond of it. The
 //! task starts with the first call that registers a deadline, so connections that never
@@ -23,7 +23,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ConnShared;
-use super::alarm::Alarm;
 
 /// No deadline registered.
 const NONE: u64 = u64::MAX;
@@ -108,7 +107,7 @@ async fn sweep(conn: Arc<ConnShared>) {
                 NONE => std::future::pending().await,
                 at => {
                     let wake = deadlines.epoch + Duration::from_nanos(at) + BATCH;
-                    Alarm::at(wake, conn.runtime_timers).await
+                    conn.alarm_at(wake).await
                 }
             }
         };

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
-use super::alarm::Alarm;
 use super::{ConnShared, Connection, Role};
 use crate::error::RpcError;
 use crate::kernel::RpcKernel;
@@ -257,7 +256,7 @@ async fn read_loop<R: TransportReader>(
 ) {
     let limits = shared.limits.clone();
     let mut watch = Watch::new(&shared, &limits);
-    let mut timer = Alarm::at(watch.next_check, shared.runtime_timers);
+    let mut timer = shared.alarm_at(watch.next_check);
 
     // Frames that arrived with the handshake.
     decoder.set_limit(shared.frame_limit.load(Ordering::Relaxed));

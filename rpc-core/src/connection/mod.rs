@@ -97,8 +97,8 @@ pub(crate) struct ConnShared {
     /// When the unary calls in `outbound` time out.
     pub(crate) deadlines: deadlines::CallDeadlines,
     /// Whether this connection's deadlines use the runtime's timers (its clock was paused
-    /// when the connection started) rather than the alarm thread; see [`alarm`].
-    pub(crate) runtime_timers: bool,
+    /// when the connection started) rather than the alarm thread ([`ConnShared::alarm_at`]).
+    runtime_timers: bool,
     /// The remote accepts Items frames (several stream items per frame).
     pub(crate) batch_items: bool,
     pub(crate) inbound: Mutex<IdMap<Inbound>>,
@@ -258,6 +258,12 @@ impl ConnShared {
     /// Whether new calls may start on this connection.
     pub(crate) fn is_usable(&self) -> bool {
         !self.is_closed() && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// An alarm at `deadline` for this connection: on the alarm thread, or on the runtime's
+    /// timers if its clock was paused when the connection started (see [`alarm`]).
+    pub(crate) fn alarm_at(&self, deadline: tokio::time::Instant) -> alarm::Alarm {
+        alarm::Alarm::at(deadline, self.runtime_timers)
     }
 
     /// Replaces the remote's session whole (after authentication) and tells the read loop,
