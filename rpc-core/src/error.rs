@@ -131,8 +131,14 @@ struct ErrorParts {
     correlation_id: Option<String>,
 }
 
+// The constructors are `#[cold]`: the call paths build an error on every failure branch,
+// and with the hint the compiler keeps that code off the success path. Measured with
+// callgrind (`__calls ours-tcp N echo|t64`): 75 instructions more per successful call
+// without it. Building an error is then a function call, which is nothing next to sending
+// the error reply.
 impl RpcError {
     /// An error of `kind` with a message saying what happened.
+    #[cold]
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RpcError {
         RpcError(Box::new(ErrorParts {
             kind,
@@ -144,46 +150,55 @@ impl RpcError {
     }
 
     /// Authentication failed or is required (for [`Security::authenticate`](crate::Security)).
+    #[cold]
     pub fn unauthenticated(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Unauthenticated, message)
     }
 
     /// The policy denies this.
+    #[cold]
     pub fn access_denied(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::AccessDenied, message)
     }
 
     /// A failure the caller gets no detail about.
+    #[cold]
     pub fn internal(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Internal, message)
     }
 
     /// No controller, action or peer of that name.
+    #[cold]
     pub fn not_found(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::NotFound, message)
     }
 
     /// Arguments that did not decode.
+    #[cold]
     pub fn bad_arguments(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::BadArguments, message)
     }
 
     /// The connection is gone.
+    #[cold]
     pub fn disconnected(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Disconnected, message)
     }
 
     /// The other side broke the protocol.
+    #[cold]
     pub fn protocol(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Protocol, message)
     }
 
     /// A limit was hit; `message` should name the limit.
+    #[cold]
     pub fn too_large(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::TooLarge, message)
     }
 
     /// A concurrency limit was hit.
+    #[cold]
     pub fn busy(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Busy, message)
     }
