@@ -442,7 +442,10 @@ pub async fn calls(system: System, n: u64) {
         System::RawWs => {
             let addr = raw::ws_server().await;
             let c = raw::RawWs::new(addr);
-            c.calls(n).await;
+            match KIND.with(|k| k.get()) {
+                CallKind::Bytes => c.bytes_calls(n, 64 << 10).await,
+                _ => c.calls(n).await,
+            }
         }
         System::Lean => {
             let addr = raw::tcp_server().await;

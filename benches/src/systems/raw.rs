@@ -567,6 +567,22 @@ impl RawWs {
         }
     }
 
+    /// `n` echoes of a `len`-byte payload back to back on one connection.
+    pub async fn bytes_calls(&self, n: u64, len: usize) {
+        let mut ws = Self::connect(self.addr).await;
+        let data = crate::proto::payload(len);
+        for _ in 0..n {
+            ws.send(ws_message(BYTES, serde_bytes::Bytes::new(&data))).await.unwrap();
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    let r: &serde_bytes::Bytes = rmp_serde::from_slice(&b[1..]).unwrap();
+                    assert_eq!(r.len(), len);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     pub async fn idle_connection(addr: SocketAddr) -> Ws {
         let mut ws = Self::connect(addr).await;
         ws.send(ws_message(ECHO, &small())).await.unwrap();
