@@ -67,6 +67,13 @@ impl Answer {
         Answer(AnswerState::Waiting(None))
     }
 
+    /// An answer slot that wakes `waker` when the answer arrives: the caller registers its
+    /// waker with the entry, so its first wait needs no look at the table (see
+    /// [`ConnShared::answer`]).
+    fn waking(waker: Waker) -> Answer {
+        Answer(AnswerState::Waiting(Some(waker)))
+    }
+
     /// Whether the answer arrived (and waits for the caller to take it).
     pub(crate) fn arrived(&self) -> bool {
         matches!(self.0, AnswerState::Arrived(_))
@@ -229,8 +236,15 @@ impl ConnShared {
     /// Waits for the answer to unary call `id` and takes it with the call's entry; `None`
     /// if the entry went without an answer (the deadline sweeper dropped it, or the
     /// connection closed).
-    fn answer(&self, id: u32) -> impl Future<Output = Option<Frame>> + '_ {
+    ///
+    /// `registered`: the entry was made with [`Answer::waking`] in this same poll of the
+    /// caller's task, so the first poll waits without locking the table. An answer that
+    /// arrived meanwhile woke that waker, and the task is polled again at once.
+    fn answer(&self, id: u32, mut registered: bool) -> impl Future<Output = Option<Frame>> + '_ {
         std::future::poll_fn(move |cx| {
+            if std::mem::take(&mut registered) {
+                return Poll::Pending;
+            }
             let mut table = self.outbound.lock();
             let Entry::Occupied(mut entry) = table.entry(id) else {
                 return Poll::Ready(None);
@@ -360,11 +374,15 @@ impl ConnShared {
     {
         let deadline = Instant::now() + spec.timeout;
         let _slot = self.acquire_slot(deadline, &spec, &self.call_slots).await?;
+        // From here to the answer's first poll nothing waits (unless the arguments go in
+        // chunks), so the entry can hold this poll's waker from the start.
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let UnaryCall { id, progress, oversize, mut guard } =
-            self.begin_unary(&spec, deadline, None)?;
+            self.begin_unary(&spec, deadline, None, Some(waker))?;
         let work = async {
+            let registered = oversize.is_none();
             self.send_call_chunks(id, oversize).await?;
-            self.read_answer(id, &spec, deadline, self.answer(id).await)
+            self.read_answer(id, &spec, deadline, self.answer(id, registered).await)
         };
         let result = match progress {
             Some(p) => Box::pin(abortable(work, p)).await,
@@ -389,12 +407,12 @@ impl ConnShared {
         let _slot = self.acquire_slot(deadline, &spec, &self.call_slots).await?;
         let credit = Arc::new(Semaphore::new(0));
         let UnaryCall { id, progress, oversize, mut guard } =
-            self.begin_unary(&spec, deadline, Some(credit.clone()))?;
+            self.begin_unary(&spec, deadline, Some(credit.clone()), None)?;
         let work = async {
             self.send_call_chunks(id, oversize).await?;
             // Send the argument stream while waiting for the answer; the answer wins.
             let produce = produce_arguments(self.clone(), id, credit, input);
-            let answer = self.answer(id);
+            let answer = self.answer(id, false);
             tokio::pin!(answer, produce);
             let mut produced = false;
             let frame = loop {
@@ -414,14 +432,20 @@ impl ConnShared {
     }
 
     /// Registers a unary call (watched by the deadline sweeper) and queues its Call frame.
+    /// `waker`, if given, is woken when the answer arrives (see [`Answer::waking`]).
     fn begin_unary<A: Serialize + ?Sized>(
         self: &Arc<Self>,
         spec: &CallSpec<'_, A>,
         deadline: Instant,
         arg_credit: Option<Arc<Semaphore>>,
+        waker: Option<Waker>,
     ) -> Result<UnaryCall<'_>, RpcError> {
         let id = self.alloc_id()?;
-        let mut pending = Pending::new(Sink::Unary(Answer::new()));
+        let answer = match waker {
+            Some(waker) => Answer::waking(waker),
+            None => Answer::new(),
+        };
+        let mut pending = Pending::new(Sink::Unary(answer));
         pending.arg_credit = arg_credit;
         let progress = Progress::current();
         pending.progress = progress.clone();
@@ -567,7 +591,7 @@ impl ConnShared {
             .push_raw(kind, id, None, body)
             .map_err(|e| e.into_rpc_error(self.limits.frame_limit()))?;
         guard.sent = true;
-        let frame = match tokio::time::timeout(timeout, self.answer(id)).await {
+        let frame = match tokio::time::timeout(timeout, self.answer(id, false)).await {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 guard.armed = false;
@@ -811,12 +835,12 @@ mod tests {
         let conn = connection();
         conn.register_pending(1, Pending::new(Sink::Unary(Answer::new()))).unwrap();
         conn.register_pending(3, Pending::new(Sink::Unary(Answer::new()))).unwrap();
-        let mut waiting = Box::pin(conn.answer(3));
+        let mut waiting = Box::pin(conn.answer(3, false));
         assert!(waiting.as_mut().now_or_never().is_none(), "no answer yet");
         on_response(&conn, reply(1, 7));
         // The connection closes before call 1's caller got to its answer.
         conn.close(RpcError::disconnected("test"), None);
-        let answer = conn.answer(1).now_or_never().expect("ready");
+        let answer = conn.answer(1, false).now_or_never().expect("ready");
         assert_eq!(&answer.expect("the answer that arrived").body[..], &[7]);
         assert_eq!(waiting.now_or_never(), Some(None), "call 3 hears the close");
         assert_eq!(conn.outbound.lock().len(), 0, "nothing left behind");
@@ -834,5 +858,35 @@ mod tests {
         assert!(!pending.answered());
         pending.fail(None);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_caller_registered_with_its_entry_is_woken_even_by_an_answer_before_its_first_wait() {
+        let conn = connection();
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let task = waker(counter.clone());
+        let mut cx = std::task::Context::from_waker(&task);
+        let waking = |_id: u32| Pending::new(Sink::Unary(Answer::waking(task.clone())));
+
+        // The answer comes while the caller is still between its registration and its
+        // first wait (another worker's read loop): the registered waker hears it.
+        conn.register_pending(1, waking(1)).unwrap();
+        on_response(&conn, reply(1, 5));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken by the answer");
+        let mut first = Box::pin(conn.answer(1, true));
+        assert!(first.as_mut().poll(&mut cx).is_pending(), "the first wait looks at nothing");
+        match first.as_mut().poll(&mut cx) {
+            Poll::Ready(Some(frame)) => assert_eq!(&frame.body[..], &[5]),
+            other => panic!("the woken task finds its answer, not {other:?}"),
+        }
+
+        // The usual order: the first wait, then the answer.
+        conn.register_pending(3, waking(3)).unwrap();
+        let mut second = Box::pin(conn.answer(3, true));
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        on_response(&conn, reply(3, 6));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2, "woken once more");
+        assert!(matches!(second.as_mut().poll(&mut cx), Poll::Ready(Some(_))));
+        assert_eq!(conn.outbound.lock().len(), 0, "both entries taken");
     }
 }
