@@ -271,11 +271,13 @@ impl<'de> Decoder<'de> {
 ///
 /// Most strings in a body are short and ASCII: field names, enum variants, identifiers.
 /// `std::str::from_utf8` spent about 75 instructions on each of them (callgrind), more
-/// than the rest of reading the field; an OR over the bytes decides the ASCII case in a
-/// few. Anything longer or not ASCII takes the standard check.
+/// than the rest of reading the field; `is_ascii`, which reads a word at a time, decides
+/// the ASCII case in a few (a byte-at-a-time OR cost 112 more instructions per call of
+/// the benchmark's echo, whose struct has four field names and an 11-byte string).
+/// Anything longer or not ASCII takes the standard check.
 #[inline]
 fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
-    if bytes.len() <= 32 && bytes.iter().fold(0u8, |any, b| any | b) < 0x80 {
+    if bytes.len() <= 32 && bytes.is_ascii() {
         // SAFETY: every byte is below 0x80, so the bytes are ASCII, and ASCII is UTF-8.
         return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
     }
