@@ -13,6 +13,12 @@ use super::{EXT_STRUCT_NAME, Error};
 pub(crate) trait Output {
     /// Appends `bytes`.
     fn put(&mut self, bytes: &[u8]);
+    /// Appends one byte, then `bytes` (a short string's header and its bytes).
+    #[inline(always)]
+    fn put_after(&mut self, first: u8, bytes: &[u8]) {
+        self.put(&[first]);
+        self.put(bytes);
+    }
     /// Bytes written so far.
     fn len(&self) -> usize;
     /// The bytes written so far, to patch a length in place.
@@ -45,6 +51,28 @@ impl Output for bytes::BytesMut {
     #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
+    }
+
+    /// One capacity check and one length update for both pieces, where two appends make
+    /// two of each (callgrind: 128 instructions less a call of the benchmark's echo, which
+    /// writes twelve short strings: its struct's four field names and one string each way,
+    /// and the call head's two names).
+    #[inline(always)]
+    fn put_after(&mut self, first: u8, bytes: &[u8]) {
+        let n = 1 + bytes.len();
+        self.reserve(n);
+        let spare = &mut self.spare_capacity_mut()[..n];
+        spare[0].write(first);
+        // SAFETY: `spare` has `n` bytes (reserved above): `first` went to the first, `bytes`
+        // fill the other `n - 1`, so all `n` are initialized before the length covers them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                spare[1..].as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            );
+            self.set_len(self.len() + n);
+        }
     }
 
     #[inline(always)]
@@ -87,10 +115,12 @@ pub(crate) fn write_uint<O: Output>(out: &mut O, v: u64) {
 #[inline]
 pub(crate) fn write_str<O: Output>(out: &mut O, s: &[u8]) -> Result<(), Error> {
     match s.len() {
-        len @ 0..32 => out.put(&[0xa0 | len as u8]),
-        len => write_header(out, Header::STR, len)?,
+        len @ 0..32 => out.put_after(0xa0 | len as u8, s),
+        len => {
+            write_header(out, Header::STR, len)?;
+            out.put(s);
+        }
     }
-    out.put(s);
     Ok(())
 }
 
