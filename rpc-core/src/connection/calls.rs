@@ -866,11 +866,11 @@ mod tests {
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let task = waker(counter.clone());
         let mut cx = std::task::Context::from_waker(&task);
-        let waking = |_id: u32| Pending::new(Sink::Unary(Answer::waking(task.clone())));
+        let waking = || Pending::new(Sink::Unary(Answer::waking(task.clone())));
 
         // The answer comes while the caller is still between its registration and its
         // first wait (another worker's read loop): the registered waker hears it.
-        conn.register_pending(1, waking(1)).unwrap();
+        conn.register_pending(1, waking()).unwrap();
         on_response(&conn, reply(1, 5));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken by the answer");
         let mut first = Box::pin(conn.answer(1, true));
@@ -881,7 +881,7 @@ mod tests {
         }
 
         // The usual order: the first wait, then the answer.
-        conn.register_pending(3, waking(3)).unwrap();
+        conn.register_pending(3, waking()).unwrap();
         let mut second = Box::pin(conn.answer(3, true));
         assert!(second.as_mut().poll(&mut cx).is_pending());
         on_response(&conn, reply(3, 6));
