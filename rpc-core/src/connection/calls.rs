@@ -64,14 +64,14 @@ enum AnswerState {
 
 impl Answer {
     pub(crate) fn new() -> Answer {
-        Answer(AnswerState::Waiting(None))
+        Answer::waking(None)
     }
 
-    /// An answer slot that wakes `waker` when the answer arrives: the caller registers its
-    /// waker with the entry, so its first wait needs no look at the table (see
-    /// [`ConnShared::answer`]).
-    fn waking(waker: Waker) -> Answer {
-        Answer(AnswerState::Waiting(Some(waker)))
+    /// An answer slot that wakes `waker`, if given, when the answer arrives: a caller that
+    /// registers its waker with the entry needs no look at the table on its first wait
+    /// (see [`ConnShared::answer`]).
+    fn waking(waker: Option<Waker>) -> Answer {
+        Answer(AnswerState::Waiting(waker))
     }
 
     /// Whether the answer arrived (and waits for the caller to take it).
@@ -441,11 +441,7 @@ impl ConnShared {
         waker: Option<Waker>,
     ) -> Result<UnaryCall<'_>, RpcError> {
         let id = self.alloc_id()?;
-        let answer = match waker {
-            Some(waker) => Answer::waking(waker),
-            None => Answer::new(),
-        };
-        let mut pending = Pending::new(Sink::Unary(answer));
+        let mut pending = Pending::new(Sink::Unary(Answer::waking(waker)));
         pending.arg_credit = arg_credit;
         let progress = Progress::current();
         pending.progress = progress.clone();
@@ -866,7 +862,7 @@ mod tests {
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let task = waker(counter.clone());
         let mut cx = std::task::Context::from_waker(&task);
-        let waking = || Pending::new(Sink::Unary(Answer::waking(task.clone())));
+        let waking = || Pending::new(Sink::Unary(Answer::waking(Some(task.clone()))));
 
         // The answer comes while the caller is still between its registration and its
         // first wait (another worker's read loop): the registered waker hears it.

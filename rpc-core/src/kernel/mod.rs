@@ -556,17 +556,4 @@ mod tests {
         assert_ne!(hash(b"echo"), hash(b"echo\0"));
         assert_ne!(hash(b""), hash(b"\0"));
     }
-
-    #[test]
-    fn a_name_map_finds_registered_names_and_nothing_else() {
-        let mut map = NameMap::default();
-        for name in ["echo", "echo_bytes", "a_rather_long_action_name", "e"] {
-            map.insert(name.as_bytes(), name.len());
-        }
-        assert_eq!(map.get(&b"echo_bytes"[..]), Some(&10));
-        assert_eq!(map.get(&b"a_rather_long_action_name"[..]), Some(&25));
-        assert_eq!(map.get(&b"e"[..]), Some(&1));
-        assert_eq!(map.get(&b"echo\0"[..]), None);
-        assert_eq!(map.get(&b"ech"[..]), None);
-    }
 }
