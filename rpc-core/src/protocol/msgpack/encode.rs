@@ -104,8 +104,8 @@ pub(crate) fn write_uint<O: Output>(out: &mut O, v: u64) {
         let [a, b, c, d] = (v as u32).to_be_bytes();
         out.put(&[0xce, a, b, c, d]);
     } else {
-        out.put(&[0xcf]);
-        out.put(&v.to_be_bytes());
+        let [a, b, c, d, e, f, g, h] = v.to_be_bytes();
+        out.put(&[0xcf, a, b, c, d, e, f, g, h]);
     }
 }
 
@@ -180,8 +180,8 @@ impl<'o, O: Output> Encoder<'o, O> {
             let [a, b, c, d] = (v as i32).to_be_bytes();
             self.out.put(&[0xd2, a, b, c, d]);
         } else {
-            self.out.put(&[0xd3]);
-            self.out.put(&v.to_be_bytes());
+            let [a, b, c, d, e, f, g, h] = v.to_be_bytes();
+            self.out.put(&[0xd3, a, b, c, d, e, f, g, h]);
         }
     }
 
