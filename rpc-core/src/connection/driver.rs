@@ -328,19 +328,39 @@ struct Watch {
 impl Watch {
     fn new(shared: &ConnShared, limits: &crate::Limits) -> Watch {
         let now = Instant::now();
-        let mut next_check = now + limits.keepalive_interval.min(limits.frame_timeout);
-        if !shared.authenticated.load(Ordering::Acquire) {
-            next_check = next_check.min(now + limits.auth_timeout);
-        }
-        if let Some(at) = shared.session.read().expires_at() {
-            next_check = next_check.min(at);
-        }
-        Watch {
+        let mut watch = Watch {
             last_read: now,
             frame_started: None,
             pings_unanswered: 0,
             auth_deadline: now + limits.auth_timeout,
-            next_check,
+            next_check: now,
+        };
+        let authenticated = shared.authenticated.load(Ordering::Acquire);
+        watch.schedule(limits, authenticated, shared.session.read().expires_at());
+        // The first check also comes within a frame timeout.
+        watch.next_check = watch.next_check.min(now + limits.frame_timeout);
+        watch
+    }
+
+    /// Sets the next check to the earliest deadline: the next keepalive ping, the frame
+    /// still incomplete, authentication, the session's expiry.
+    fn schedule(
+        &mut self,
+        limits: &crate::Limits,
+        authenticated: bool,
+        expires_at: Option<Instant>,
+    ) {
+        let keepalive_due =
+            self.last_read + limits.keepalive_interval * (self.pings_unanswered + 1);
+        self.next_check = match self.frame_started {
+            Some(started) => keepalive_due.min(started + limits.frame_timeout),
+            None => keepalive_due,
+        };
+        if !authenticated {
+            self.next_check = self.next_check.min(self.auth_deadline);
+        }
+        if let Some(at) = expires_at {
+            self.next_check = self.next_check.min(at);
         }
     }
 
@@ -428,19 +448,7 @@ impl Watch {
             self.pings_unanswered += 1;
             let _ = shared.outbox.push(Kind::Ping, self.pings_unanswered, None, |_| Ok(()));
         }
-        let keepalive_due =
-            self.last_read + limits.keepalive_interval * (self.pings_unanswered + 1);
-        self.next_check = match self.frame_started {
-            Some(started) => keepalive_due.min(started + limits.frame_timeout),
-            None => keepalive_due,
-        };
-        if !authenticated {
-            self.next_check = self.next_check.min(self.auth_deadline);
-        }
-        // The session's expiry is a deadline too (re-authentication may have changed it).
-        if let Some(at) = expires_at {
-            self.next_check = self.next_check.min(at);
-        }
+        self.schedule(limits, authenticated, expires_at);
         ControlFlow::Continue(())
     }
 }
