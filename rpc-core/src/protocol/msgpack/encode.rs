@@ -185,14 +185,8 @@ impl<'o, O: Output> Encoder<'o, O> {
         }
     }
 
-    /// Writes the header of a string, binary, array or map of `len` (see [`Header`]).
-    #[inline]
-    fn header(&mut self, kind: Header, len: usize) -> Result<(), Error> {
-        write_header(self.out, kind, len)
-    }
-
     // Strings, arrays and maps are mostly short (field names, small structs): their one-byte
-    // headers are written inline, the longer forms by `header`.
+    // headers are written inline, the longer forms by `write_header`.
 
     #[inline]
     fn str(&mut self, s: &str) -> Result<(), Error> {
@@ -210,7 +204,7 @@ impl<'o, O: Output> Encoder<'o, O> {
             self.out.put(&[0x80 | len as u8]);
             return Ok(());
         }
-        self.header(Header::MAP, len)
+        write_header(self.out, Header::MAP, len)
     }
 
     /// A sequence or map of `len` elements, or of a count known only at its end.
