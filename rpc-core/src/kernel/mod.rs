@@ -56,7 +56,7 @@ type NameMap<V> = HashMap<&'static [u8], V, std::hash::BuildHasherDefault<NameHa
 /// A slice key hashes its length, then its bytes. FNV-1a, before, took each of those bytes
 /// (the length's eight too) one at a time. A plain multiply per word (FxHash) was tried:
 /// it carries a difference only toward the high bits, and 12 of 2 000 generated names
-/// shared a full hash (the first unit test); folding the product carries it both ways.
+/// shared a full hash (the unit test below); folding the product carries it both ways.
 /// Collisions cost only a comparison: the table holds the registered names alone.
 #[derive(Default)]
 struct NameHasher(u64);
