@@ -14,7 +14,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 use crate::server::timed_out;
-use crate::transport::{WsTransport, websocket_config};
+use crate::socket::WsSocket;
+use crate::transport::{max_message_size, websocket_config};
 
 /// The TLS settings of a `wss://` client: the connector, or why none could be built.
 #[derive(Clone)]
@@ -123,7 +124,11 @@ where
     .await
     .map_err(|_| timed_out("WebSocket upgrade", timeout))?
     .map_err(|e| RpcError::disconnected(format!("WebSocket upgrade failed: {e}")))?;
-    kernel.dial(WsTransport::new(ws, info)).await
+    // tungstenite did the upgrade; frames are ours to read and write (`socket`). The server
+    // sends nothing before our Hello (`PROTOCOL.md` section 5), so tungstenite holds no
+    // bytes of it.
+    let max_message = max_message_size(&kernel.limits());
+    kernel.dial(WsSocket::new(ws.into_inner(), info, false, max_message)).await
 }
 
 /// A client over WebSocket: an [`RpcClient`] (it derefs to one) that dials a `ws://` or

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
-use crate::limit::MessageLimit;
+use crate::socket::WsSocket;
 use crate::transport::{WsTransport, max_message_size, websocket_config};
 
 /// Serves a kernel over WebSocket (`ws://`), or over WebSocket on TLS (`wss://`,
@@ -170,9 +170,6 @@ where
         }
         Ok(response)
     };
-    // Until the connection authenticates, messages are held to the pre-auth frame limit
-    // as they arrive (see `limit`), not only once tungstenite has buffered them.
-    let (stream, limit) = MessageLimit::new(stream, max_message_size(&kernel.limits()));
     let ws = tokio::time::timeout_at(
         deadline,
         tokio_tungstenite::accept_hdr_async_with_config(stream, admit, Some(config)),
@@ -182,7 +179,11 @@ where
     .map_err(|e| RpcError::disconnected(format!("WebSocket upgrade failed: {e}")))?;
     match counted {
         Some(counted) => {
-            let transport = WsTransport::new(ws, info).with_message_limit(limit);
+            // tungstenite did the upgrade; frames are ours to read and write (`socket`). A
+            // client sends nothing before the upgrade's answer (RFC 6455 section 4.1), so
+            // tungstenite holds no bytes of it here.
+            let max_message = max_message_size(&kernel.limits());
+            let transport = WsSocket::new(ws.into_inner(), info, true, max_message);
             kernel.accept_counted(transport, counted).await
         }
         None => Err(RpcError::busy("server full")),

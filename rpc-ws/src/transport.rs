@@ -17,8 +17,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::limit::{MessageLimitHandle, MessageTooLarge};
-
 /// Bytes of a frame's length prefix (`PROTOCOL.md`): a frame is `4 + length` bytes.
 pub(crate) const LEN_PREFIX: usize = 4;
 
@@ -34,8 +32,14 @@ pub fn max_message_size(limits: &Limits) -> usize {
     limits.frame_limit() + LEN_PREFIX
 }
 
-/// The tungstenite configuration used for every WebSocket of this crate, set deliberately
-/// instead of tungstenite's defaults (`ROBUSTNESS.md` §3.2):
+/// The tungstenite configuration for [`WsTransport`] (and [`serve_upgraded`]), and for the
+/// upgrades of [`RpcWebSocketServer`] and [`RpcWebSocketClient`], whose frames are then read
+/// and written by this crate under the same message limit. Set deliberately instead of
+/// tungstenite's defaults (`ROBUSTNESS.md` §3.2):
+///
+/// [`serve_upgraded`]: crate::serve_upgraded
+/// [`RpcWebSocketServer`]: crate::RpcWebSocketServer
+/// [`RpcWebSocketClient`]: crate::RpcWebSocketClient
 ///
 /// | setting | value | tungstenite's default |
 /// |---|---|---|
@@ -101,21 +105,13 @@ type CloseCell = Arc<Mutex<Option<CloseFrame>>>;
 pub struct WsTransport<S> {
     socket: S,
     info: TransportInfo,
-    limit: Option<MessageLimitHandle>,
 }
 
 impl<S> WsTransport<S> {
     /// Wraps an established WebSocket; `info` is what handlers see as
     /// `ctx.connection().transport()` (use kind `"ws"` or `"wss"`).
     pub fn new(socket: S, info: TransportInfo) -> WsTransport<S> {
-        WsTransport { socket, info, limit: None }
-    }
-
-    /// Lets the kernel's current frame limit hold the messages the socket reads (the
-    /// socket's byte stream is read through the `crate::limit::MessageLimit` behind `limit`).
-    pub(crate) fn with_message_limit(mut self, limit: MessageLimitHandle) -> WsTransport<S> {
-        self.limit = Some(limit);
-        self
+        WsTransport { socket, info }
     }
 }
 
@@ -132,7 +128,6 @@ pub struct WsReader<S> {
     stream: SplitStream<S>,
     sink: SharedSink<S>,
     close: CloseCell,
-    limit: Option<MessageLimitHandle>,
 }
 
 /// The write half of a [`WsTransport`].
@@ -157,8 +152,7 @@ where
         let (sink, stream) = self.socket.split();
         let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let close = CloseCell::default();
-        let reader =
-            WsReader { stream, sink: sink.clone(), close: close.clone(), limit: self.limit };
+        let reader = WsReader { stream, sink: sink.clone(), close: close.clone() };
         (reader, WsWriter { sink, close })
     }
 }
@@ -176,9 +170,6 @@ fn close_for_error<E: std::error::Error + 'static>(error: &E) -> Option<CloseFra
         }
         WsError::Capacity(_) => Some(close_frame(CloseCode::Size, "message too big")),
         WsError::Protocol(_) => Some(close_frame(CloseCode::Protocol, "WebSocket protocol error")),
-        WsError::Io(e) if e.get_ref().is_some_and(|e| e.is::<MessageTooLarge>()) => {
-            Some(close_frame(CloseCode::Size, "message too big before authentication"))
-        }
         _ => None,
     }
 }
@@ -212,15 +203,6 @@ where
     /// Each binary message is handed over whole: the connection cuts its frames out of
     /// it without copying.
     const RECEIVES_BUFFERS: bool = true;
-
-    /// tungstenite buffers a whole message before handing it over: on a socket that
-    /// [`RpcWebSocketServer`](crate::RpcWebSocketServer) accepted, a message above the limit
-    /// fails as its header arrives instead (whatever the frame limit allows at that moment).
-    fn follow_frame_limit(&mut self, frame_limit: Arc<std::sync::atomic::AtomicUsize>) {
-        if let Some(limit) = &self.limit {
-            limit.follow(frame_limit);
-        }
-    }
 
     async fn read_bytes(&mut self) -> io::Result<Bytes> {
         // Cancel-safe: `next()` either yields a whole message, which is consumed before the
@@ -277,25 +259,40 @@ where
 
 /// Splits a batch of whole frames into messages: frames are packed together up to
 /// [`PACK_LIMIT`]; a larger frame gets a message of its own. A batch that does not parse as
-/// frames (never the case for the kernel's writer) goes out whole.
-fn messages(batch: Bytes, mut each: impl FnMut(Bytes)) {
-    let mut start = 0;
-    let mut end = 0;
-    while end < batch.len() {
-        let Some(prefix) = batch.get(end..end + LEN_PREFIX) else {
-            end = batch.len();
-            break;
-        };
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        let frame_end = end.saturating_add(LEN_PREFIX).saturating_add(len).min(batch.len());
-        if frame_end - start > PACK_LIMIT && end > start {
-            each(batch.slice(start..end));
-            start = end;
+/// frames (never the case for the kernel's writer) goes out whole. Each message is a slice
+/// of the batch (no copy).
+pub(crate) fn messages(batch: Bytes) -> Messages {
+    Messages { batch, start: 0 }
+}
+
+/// The messages of a batch, see [`messages`].
+pub(crate) struct Messages {
+    batch: Bytes,
+    /// Where the next message starts.
+    start: usize,
+}
+
+impl Iterator for Messages {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let batch = &self.batch;
+        let start = self.start;
+        let mut end = start;
+        while end < batch.len() {
+            let Some(prefix) = batch.get(end..end + LEN_PREFIX) else {
+                end = batch.len();
+                break;
+            };
+            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+            let frame_end = end.saturating_add(LEN_PREFIX).saturating_add(len).min(batch.len());
+            if frame_end - start > PACK_LIMIT && end > start {
+                break;
+            }
+            end = frame_end;
         }
-        end = frame_end;
-    }
-    if end > start {
-        each(batch.slice(start..end));
+        self.start = end;
+        (end > start).then(|| batch.slice(start..end))
     }
 }
 
@@ -305,10 +302,8 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        let mut parts = Vec::new();
-        messages(data, |message| parts.push(message));
         let mut sink = self.sink.lock().await;
-        for part in parts {
+        for part in messages(data) {
             sink.feed(Message::Binary(part)).await.map_err(io::Error::other)?;
         }
         sink.flush().await.map_err(io::Error::other)
@@ -341,9 +336,7 @@ mod tests {
 
     fn split(frames: &[usize]) -> Vec<usize> {
         let batch: Vec<u8> = frames.iter().flat_map(|&n| frame(n)).collect();
-        let mut out = Vec::new();
-        messages(Bytes::from(batch), |m| out.push(m.len()));
-        out
+        messages(Bytes::from(batch)).map(|m| m.len()).collect()
     }
 
     #[test]
@@ -357,12 +350,11 @@ mod tests {
 
     #[test]
     fn a_batch_that_is_not_frames_goes_out_whole() {
-        let mut out = Vec::new();
-        messages(Bytes::from_static(&[0, 0]), |m| out.push(m.len()));
-        assert_eq!(out, [2]);
-        let mut out = Vec::new();
-        messages(Bytes::from_static(&[0, 0, 0, 200, 1, 2]), |m| out.push(m.len()));
-        assert_eq!(out, [6]);
+        let lens = |batch: &'static [u8]| -> Vec<usize> {
+            messages(Bytes::from_static(batch)).map(|m| m.len()).collect()
+        };
+        assert_eq!(lens(&[0, 0]), [2]);
+        assert_eq!(lens(&[0, 0, 0, 200, 1, 2]), [6]);
     }
 
     #[test]

@@ -303,3 +303,75 @@ async fn a_large_message_before_authentication_is_refused_at_its_header() {
     let big = "x".repeat(200 << 10);
     assert_eq!(client.controller::<EchoClient>().echo(big.clone()).await.unwrap(), big);
 }
+
+/// A client frame (masked with a zero key, so the payload goes as it is) with the FIN bit
+/// and opcode given.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A message may come in fragments with a Ping between them (RFC 6455 §5.4): the server
+/// answers the Ping at once and joins the fragments into the one Hello they carry.
+#[tokio::test]
+async fn a_fragmented_message_is_joined_and_a_ping_between_its_fragments_is_answered() {
+    let (addr, _stop) = server(RpcKernel::new()).await;
+    let mut tcp = raw_tcp(addr).await;
+    let hello = hello().await;
+    let (first, rest) = hello.split_at(hello.len() / 2);
+    let mut bytes = client_frame(false, 0x2, first);
+    bytes.extend(client_frame(true, 0x9, b"ping"));
+    bytes.extend(client_frame(true, 0x0, rest));
+    tcp.write_all(&bytes).await.unwrap();
+    assert_eq!(server_frame(&mut tcp).await, (0xA, b"ping".to_vec()), "the Pong first");
+    let (opcode, payload) = server_frame(&mut tcp).await;
+    assert_eq!(opcode, 2);
+    let mut decoder = FrameDecoder::new(1 << 20);
+    decoder.buffer().extend_from_slice(&payload);
+    assert_eq!(decoder.next_frame().unwrap().unwrap().kind, Kind::Hello);
+}
+
+/// A client that closes gets its Close code back (RFC 6455 §5.5.1), and the server is
+/// unaffected.
+#[tokio::test]
+async fn a_close_from_the_client_is_echoed() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let (addr, _stop) = server(RpcKernel::new()).await;
+    let mut ws = raw(addr).await;
+    ws.send(Message::Binary(hello().await.freeze())).await.unwrap();
+    frames(&mut ws, 1).await;
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "bye".into() })))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Away);
+    let client = RpcWebSocketClient::new(format!("ws://{addr}/rpc"));
+    assert_eq!(client.controller::<EchoClient>().echo("ok".into()).await.unwrap(), "ok");
+}
+
+/// A flood of Pings, each answered or replaced by a later one (only the latest unanswered
+/// Ping gets a Pong), and calls on the same connection still go through.
+#[tokio::test]
+async fn a_ping_flood_gets_pongs_for_its_pings_and_calls_still_pass() {
+    let (addr, _stop) = server(RpcKernel::new()).await;
+    let mut tcp = raw_tcp(addr).await;
+    let mut bytes = Vec::new();
+    for i in 0..1000u32 {
+        bytes.extend(client_frame(true, 0x9, &i.to_be_bytes()));
+    }
+    bytes.extend(client_frame(true, 0x2, &hello().await));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut pongs = Vec::new();
+    loop {
+        let (opcode, payload) = server_frame(&mut tcp).await;
+        match opcode {
+            0xA => pongs.push(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            2 => break,
+            other => panic!("unexpected opcode {other}"),
+        }
+        assert!(pongs.len() <= 1000);
+    }
+    assert!(!pongs.is_empty());
+    assert!(pongs.windows(2).all(|w| w[0] < w[1]), "pongs in ping order: {pongs:?}");
+}
