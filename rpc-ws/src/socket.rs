@@ -21,12 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use crate::transport::{PACK_LIMIT, messages};
 use crate::wire::{self, Event, Inbound, Violation};
 
-/// Bytes one read asks for at least; more when a large frame is arriving.
-const READ_CHUNK: usize = 16 << 10;
-
 /// The most one read reserves for a frame still arriving: a header that claims a large
 /// frame gets memory as its bytes come, not before.
-const READ_CHUNK_MAX: usize = 256 << 10;
+const READ_AHEAD_MAX: usize = 256 << 10;
 
 /// Bytes the writer gathers before it starts writing, so that the first bytes of a large
 /// batch leave while the rest is framed. Measured on one core, 64 KiB echoes with 8 in
@@ -237,11 +234,23 @@ impl<S: AsyncWrite> Shared<S> {
         }
     }
 
-    /// Sends the Pong for the latest ping, if one waits and the writer is idle (otherwise
-    /// the writer sends it).
+    /// Whether a ping waits for its Pong.
+    fn ping_waits(&self) -> bool {
+        self.pong.lock().is_some()
+    }
+
+    /// Sends the Pong for the latest ping if the writer is idle (otherwise the writer sends
+    /// it).
     async fn answer_ping(&self) {
-        if self.pong.lock().is_some() {
-            self.send_now(|w| w.put_pong(&self.pong)).await;
+        self.send_now(|w| w.put_pong(&self.pong)).await;
+    }
+
+    /// The writer, without the cost of a waiting lock when nobody holds it (the usual case:
+    /// the reader takes it only to answer pings and to close).
+    async fn writer(&self) -> tokio::sync::MutexGuard<'_, Outbound<S>> {
+        match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(_) => self.writer.lock().await,
         }
     }
 
@@ -301,7 +310,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> TransportReader for WsSocketRea
                 Ok(Some(Event::Message(message))) => {
                     // An empty message carries no frame (and an empty buffer means the end).
                     if !message.is_empty() {
-                        self.shared.answer_ping().await;
+                        if self.shared.ping_waits() {
+                            self.shared.answer_ping().await;
+                        }
                         return Ok(message);
                     }
                 }
@@ -323,11 +334,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> TransportReader for WsSocketRea
                     };
                 }
                 Ok(None) => {
-                    self.shared.answer_ping().await;
-                    let wanted = self.inbound.wanted().clamp(READ_CHUNK, READ_CHUNK_MAX);
-                    let buffer = self.inbound.buffer();
-                    buffer.reserve(wanted);
-                    if self.io.read_buf(buffer).await? == 0 {
+                    if self.shared.ping_waits() {
+                        self.shared.answer_ping().await;
+                    }
+                    self.inbound.reserve_for_read(READ_AHEAD_MAX);
+                    if self.io.read_buf(self.inbound.buffer()).await? == 0 {
                         return Ok(Bytes::new());
                     }
                 }
@@ -341,7 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> TransportWriter for WsSocketWri
     /// Small frames packed into messages of up to 4 KiB, a larger frame in a message of its
     /// own (`PROTOCOL.md`); a batch of small frames is one write.
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        let mut writer = self.shared.writer.lock().await;
+        let mut writer = self.shared.writer().await;
         if writer.closed {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the WebSocket is closing"));
         }
@@ -352,8 +363,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> TransportWriter for WsSocketWri
         writer.flush().await?;
         drop(writer);
         // A ping that arrived while this write held the writer: the reader left its pong.
-        if self.shared.pong.lock().is_some() {
-            let mut writer = self.shared.writer.lock().await;
+        if self.shared.ping_waits() {
+            let mut writer = self.shared.writer().await;
             writer.put_pong(&self.shared.pong);
             writer.flush().await?;
         }

@@ -162,19 +162,25 @@ impl Inbound {
         &mut self.buf
     }
 
-    /// Bytes the frame at the start of the buffer still needs (at least one), for sizing
-    /// the next read: reserving them all would let a header that claims a large frame
-    /// allocate before the bytes exist, so the caller caps it.
-    pub(crate) fn wanted(&self) -> usize {
-        match parse_head(&self.buf) {
+    /// Makes room for the next read, as the TCP path's frame decoder does: what the frame
+    /// being received still needs, at most `max` (a header that claims a large frame gets
+    /// memory as its bytes come, not before); 8 KiB when no header is pending. Messages are
+    /// views into the buffer, so one still alive keeps it shared: between frames, a read
+    /// goes into the room left (2 KiB or more) rather than into a fresh buffer.
+    pub(crate) fn reserve_for_read(&mut self, max: usize) {
+        let (wanted, between_frames) = match parse_head(&self.buf) {
             Ok(Some(head)) => {
                 let total = (head.size as u64).saturating_add(head.len);
-                usize::try_from(total.saturating_sub(self.buf.len() as u64))
-                    .unwrap_or(usize::MAX)
-                    .max(1)
+                let rest = total.saturating_sub(self.buf.len() as u64);
+                (usize::try_from(rest).unwrap_or(usize::MAX).clamp(1, max), false)
             }
-            _ => 1,
+            _ => ((8 << 10).min(max), self.buf.is_empty()),
+        };
+        let room = self.buf.capacity() - self.buf.len();
+        if room >= wanted || self.buf.try_reclaim(wanted) || (between_frames && room >= 2 << 10) {
+            return;
         }
+        self.buf.reserve(wanted);
     }
 
     /// The next event the buffered bytes hold, `Ok(None)` if they hold no whole frame yet.
@@ -441,7 +447,10 @@ mod tests {
         let mut inbound = Inbound::new(true);
         inbound.buffer().extend_from_slice(&head);
         assert_eq!(inbound.next(1 << 20), Ok(None));
-        assert_eq!(inbound.wanted(), 1 << 20);
+        // Room is made for the payload as it comes, at most `max` at a time.
+        inbound.reserve_for_read(64 << 10);
+        let room = inbound.buffer().capacity() - inbound.buffer().len();
+        assert!((64 << 10..1 << 20).contains(&room), "{room}");
     }
 
     #[test]
