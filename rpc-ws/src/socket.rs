@@ -27,8 +27,8 @@ const READ_AHEAD_MAX: usize = 256 << 10;
 
 /// Bytes the writer gathers before it starts writing, so that the first bytes of a large
 /// batch leave while the rest is framed. Measured on one core, 64 KiB echoes with 8 in
-/// flight: one vectored write per message ran at 1.41-1.62 GB/s, one per batch of eight (this
-/// setting) at 1.62-1.90.
+/// flight: one vectored write per message ran at 1.41-1.62 GB/s, one per 256 KiB gathered
+/// at 1.62-1.90 (`BENCHMARKS.md`, session 11).
 const FLUSH_AT: usize = 256 << 10;
 
 /// A server sends a message this large straight from the batch, without copying it (a

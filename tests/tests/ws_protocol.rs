@@ -1,7 +1,8 @@
 //! The WebSocket wire rules, checked with a raw WebSocket client (ROBUSTNESS.md §8.3):
 //! binary messages carry whole frames (several may share a message), a text message closes
 //! with 1003, a message above the frame limit + 4 with 1009, an unmasked client frame with
-//! 1002, and a kernel that closes sends GoAway, then Close 1000.
+//! 1002, and a kernel that closes sends GoAway, then Close 1000. Fragmented messages are
+//! joined, pings get Pongs (one for the latest of a burst), and a client's Close is echoed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -118,7 +119,7 @@ async fn several_frames_in_one_message_and_pings() {
     let got = frames(&mut ws, 2).await;
     assert_eq!(got[0].kind, Kind::Hello);
     assert_eq!((got[1].kind, got[1].id), (Kind::Pong, 7));
-    // WebSocket pings are answered by tungstenite, whatever the protocol state.
+    // WebSocket pings are answered, whatever the protocol state.
     ws.send(Message::Ping(Bytes::from_static(b"hi"))).await.unwrap();
     let pong = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(pong, Message::Pong(Bytes::from_static(b"hi")));
