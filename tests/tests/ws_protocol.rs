@@ -150,7 +150,7 @@ async fn message_above_the_limit_closes_with_1009() {
     let mut ws = raw(addr).await;
     ws.send(Message::Binary(hello().await.freeze())).await.unwrap();
     frames(&mut ws, 1).await;
-    // Frame limit + 4 is the largest message; one byte more is refused by tungstenite.
+    // Frame limit + 4 is the largest message; one byte more is refused at its header.
     let too_big = vec![0u8; rpc_ws::max_message_size(&limits) + 1];
     ws.send(Message::Binary(too_big.into())).await.unwrap();
     assert_eq!(close_code(&mut ws).await, CloseCode::Size);
