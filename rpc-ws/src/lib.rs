@@ -61,6 +61,8 @@
 #![warn(missing_docs)]
 
 mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 mod server;
 mod socket;
 mod transport;

@@ -24,7 +24,8 @@ use tests::alloc::peak_during;
 
 // ---------------------------------------------------------------------------------------
 
-const TARGETS: [&str; 4] = ["server_bytes", "message_decoders", "chunk_frames", "connection_ops"];
+const TARGETS: [&str; 5] =
+    ["server_bytes", "message_decoders", "chunk_frames", "connection_ops", "ws_frames"];
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
@@ -119,6 +120,13 @@ fn d13_corpus_chunk_frames() {
     // Two frame decoders side by side (one reads whole, one in pieces), each reserving up to
     // 64 KiB + its first 8 KiB read, plus the reassemblies.
     replay_sync("chunk_frames", fuzzing::chunk_frames, 256 << 10);
+}
+
+#[test]
+fn d13_corpus_ws_frames() {
+    // Two WebSocket readers side by side (one reads whole, one in pieces), each reserving up
+    // to 256 KiB ahead for a frame whose header claims more.
+    replay_sync("ws_frames", rpc_ws::fuzzing::ws_frames, 1 << 20);
 }
 
 #[test]
