@@ -6,10 +6,8 @@
 //! (the message limit is 16 + it), `max_read: u8` (reads of 1 to 1 + it bytes), then the
 //! bytes a remote sent.
 
+use crate::socket::READ_AHEAD_MAX;
 use crate::wire::{Event, Inbound, Violation};
-
-/// The most a read reserves ahead, as the socket reader does.
-const READ_AHEAD_MAX: usize = 256 << 10;
 
 /// Runs the WebSocket frame reader over `data`, twice: with all of it at once, and cut into
 /// reads of fuzzer-chosen sizes with room made before each as the socket reader makes it.

@@ -8,6 +8,7 @@
 //! a copy, and a batch of outgoing messages is one write.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rpc_core::protocol::frame::reserve_read_room;
 
 /// Opcodes (RFC 6455 §5.2).
 pub(crate) const CONTINUATION: u8 = 0x0;
@@ -57,6 +58,10 @@ impl Violation {
 }
 
 /// Reads the header at the start of `buf`; `Ok(None)` until all of it has arrived.
+///
+/// tungstenite's `FrameHeader::parse` reads through an `io::Cursor` and answers with its own
+/// error type; this is a match on the slice that names the close code, and the reader
+/// calls it for every frame (again when it joins messages and sizes a read).
 /// Reserved bits (no extension is negotiated) and a 64-bit length with its top bit set are
 /// protocol errors.
 pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, Violation> {
@@ -167,25 +172,21 @@ impl Inbound {
         &mut self.buf
     }
 
-    /// Makes room for the next read, as the TCP path's frame decoder does: what the frame
-    /// being received still needs, at most `max` (a header that claims a large frame gets
-    /// memory as its bytes come, not before); 8 KiB when no header is pending. Messages are
-    /// views into the buffer, so one still alive keeps it shared: between frames, a read
-    /// goes into the room left (2 KiB or more) rather than into a fresh buffer.
+    /// Makes room for the next read as the TCP path's frame decoder does
+    /// ([`reserve_read_room`]): what the frame being received still needs, at most `max` (a
+    /// header that claims a large frame gets memory as its bytes come, not before).
     pub(crate) fn reserve_for_read(&mut self, max: usize) {
-        let (wanted, between_frames) = match parse_head(&self.buf) {
+        let rest = match parse_head(&self.buf) {
             Ok(Some(head)) => {
                 let total = (head.size as u64).saturating_add(head.len);
-                let rest = total.saturating_sub(self.buf.len() as u64);
-                (usize::try_from(rest).unwrap_or(usize::MAX).clamp(1, max), false)
+                Some(
+                    usize::try_from(total.saturating_sub(self.buf.len() as u64))
+                        .unwrap_or(usize::MAX),
+                )
             }
-            _ => ((8 << 10).min(max), self.buf.is_empty()),
+            _ => None,
         };
-        let room = self.buf.capacity() - self.buf.len();
-        if room >= wanted || self.buf.try_reclaim(wanted) || (between_frames && room >= 2 << 10) {
-            return;
-        }
-        self.buf.reserve(wanted);
+        reserve_read_room(&mut self.buf, rest, max);
     }
 
     /// The next event the buffered bytes hold, `Ok(None)` if they hold no whole frame yet.
@@ -208,6 +209,7 @@ impl Inbound {
                 apply_mask(&mut payload, key);
             }
             match head.opcode {
+                // Not final (a final one was joined above): a fragmented message starts.
                 BINARY => self.partial = Some(payload),
                 CONTINUATION => {
                     // `check` made sure a message is open.

@@ -236,18 +236,26 @@ async fn raw_tcp(addr: SocketAddr) -> tokio::net::TcpStream {
     tcp
 }
 
-/// The header of a client's binary frame (FIN set) of `len` payload bytes, masked with a
-/// zero key (the payload goes as it is), written by tungstenite.
-fn client_frame_header(len: usize) -> Vec<u8> {
+/// The header of a client's frame of `len` payload bytes, with the FIN bit and opcode
+/// given, masked with a zero key (the payload goes as it is), written by tungstenite.
+fn client_frame_header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
     use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
     let header = FrameHeader {
-        opcode: OpCode::Data(Data::Binary),
+        is_final: fin,
+        opcode: OpCode::from(opcode),
         mask: Some([0; 4]),
         ..Default::default()
     };
     let mut out = Vec::new();
     header.format(len as u64, &mut out).unwrap();
+    out
+}
+
+/// A whole client frame (see [`client_frame_header`]).
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = client_frame_header(fin, opcode, payload.len());
+    out.extend_from_slice(payload);
     out
 }
 
@@ -279,8 +287,7 @@ async fn a_large_message_before_authentication_is_refused_at_its_header() {
 
     let mut tcp = raw_tcp(addr).await;
     let hello = hello().await;
-    let mut message = client_frame_header(hello.len());
-    message.extend_from_slice(&hello);
+    let message = client_frame(true, 0x2, &hello);
     tcp.write_all(&message).await.unwrap();
     let (opcode, payload) = server_frame(&mut tcp).await;
     assert_eq!(opcode, 2, "the server's Hello in a binary message");
@@ -289,7 +296,7 @@ async fn a_large_message_before_authentication_is_refused_at_its_header() {
     assert_eq!(decoder.next_frame().unwrap().unwrap().kind, Kind::Hello);
 
     let started = std::time::Instant::now();
-    let mut partial = client_frame_header(1 << 20);
+    let mut partial = client_frame_header(true, 0x2, 1 << 20);
     partial.extend(std::iter::repeat_n(0u8, 20 << 10));
     // The server may close before reading all of it.
     let _ = tcp.write_all(&partial).await;
@@ -303,15 +310,6 @@ async fn a_large_message_before_authentication_is_refused_at_its_header() {
     client.set_token("ok");
     let big = "x".repeat(200 << 10);
     assert_eq!(client.controller::<EchoClient>().echo(big.clone()).await.unwrap(), big);
-}
-
-/// A client frame (masked with a zero key, so the payload goes as it is) with the FIN bit
-/// and opcode given.
-fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-    out.extend_from_slice(payload);
-    out
 }
 
 /// A message may come in fragments with a Ping between them (RFC 6455 §5.4): the server
@@ -352,9 +350,9 @@ async fn a_close_from_the_client_is_echoed() {
 }
 
 /// A flood of Pings, each answered or replaced by a later one (only the latest unanswered
-/// Ping gets a Pong), and calls on the same connection still go through.
+/// Ping gets a Pong, in order), and the protocol handshake sent after them still completes.
 #[tokio::test]
-async fn a_ping_flood_gets_pongs_for_its_pings_and_calls_still_pass() {
+async fn a_ping_flood_gets_pongs_in_order_and_the_handshake_still_completes() {
     let (addr, _stop) = server(RpcKernel::new()).await;
     let mut tcp = raw_tcp(addr).await;
     let mut bytes = Vec::new();

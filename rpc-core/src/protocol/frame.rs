@@ -157,10 +157,40 @@ pub enum FrameError {
     BadRoute(usize),
 }
 
-/// Room between frames that [`FrameDecoder::reserve_for_read`] reads into without asking
-/// for more while earlier frames still share the buffer. A unary round trip used to
-/// allocate (and free) a fresh 8 KiB buffer on every read: about 600 instructions.
+/// Room between frames that [`reserve_read_room`] reads into without asking for more while
+/// earlier frames still share the buffer. A unary round trip used to allocate (and free) a
+/// fresh 8 KiB buffer on every read: about 600 instructions.
 const MIN_READ_ROOM: usize = 2 << 10;
+
+/// Makes room in `buf` for the next read, for a reader whose received messages are views
+/// into `buf` (so a message still alive keeps it shared): [`FrameDecoder`], and the
+/// WebSocket reader of `rpc-ws`.
+///
+/// `rest`: the bytes the message being received still needs, when its header has told
+/// (`None`: no header yet). Room for that much is made, at most `max`; 8 KiB (at most `max`)
+/// when no header is pending, which picks up several small messages in one read. Between
+/// messages (`buf` empty), a read goes into the room left (2 KiB or more) rather than into
+/// a fresh buffer; the buffer is reused in place as soon as nothing shares it.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use rpc_core::protocol::frame::reserve_read_room;
+///
+/// let mut buf = BytesMut::new();
+/// reserve_read_room(&mut buf, Some(1 << 30), 64 << 10); // a header claims 1 GiB
+/// assert!(buf.capacity() >= 64 << 10 && buf.capacity() < 1 << 20);
+/// ```
+pub fn reserve_read_room(buf: &mut BytesMut, rest: Option<usize>, max: usize) {
+    let (wanted, between_messages) = match rest {
+        Some(rest) => (rest.clamp(1, max), false),
+        None => ((8 << 10).min(max), buf.is_empty()),
+    };
+    let room = buf.capacity() - buf.len();
+    if room >= wanted || buf.try_reclaim(wanted) || (between_messages && room >= MIN_READ_ROOM) {
+        return;
+    }
+    buf.reserve(wanted);
+}
 
 /// Cuts a byte stream into frames. Bytes are pushed in, frames pulled out; no I/O, no clock.
 ///
@@ -266,23 +296,12 @@ impl FrameDecoder {
     /// reading into the room left rather than allocate a fresh buffer for every read; it
     /// reuses the buffer in place as soon as no frame shares it.
     pub fn reserve_for_read(&mut self) {
-        let (wanted, between_frames) = if self.buf.len() >= LEN_PREFIX {
+        let rest = (self.buf.len() >= LEN_PREFIX).then(|| {
             let declared =
                 u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-            let rest = (LEN_PREFIX + declared).saturating_sub(self.buf.len());
-            (rest.clamp(1, self.reservation), false)
-        } else {
-            // Unknown size: a read of up to 8 KiB picks up several small frames at once.
-            ((8 << 10).min(self.reservation), self.buf.is_empty())
-        };
-        let room = self.buf.capacity() - self.buf.len();
-        if room >= wanted
-            || self.buf.try_reclaim(wanted)
-            || (between_frames && room >= MIN_READ_ROOM)
-        {
-            return;
-        }
-        self.buf.reserve(wanted);
+            (LEN_PREFIX + declared).saturating_sub(self.buf.len())
+        });
+        reserve_read_room(&mut self.buf, rest, self.reservation);
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or an error that ends the
